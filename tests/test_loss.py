@@ -1,0 +1,235 @@
+"""InfiniteClassCrossEntropy against plain-torch references and the paper's closed forms."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+
+from timm_icm import InfiniteClassCrossEntropy, infinite_class_cross_entropy
+from timm_icm.loss import any_row_mixed, duplicate_counts
+
+B, C, D = 12, 7, 5
+
+
+def mixed_targets(batch_size=B, num_classes=C, seed=0, smoothing=0.1, mode='elem', alpha=0.4):
+    np.random.seed(seed)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=torch.Generator().manual_seed(seed))
+    mixer = Mixup(mixup_alpha=alpha, mode=mode, label_smoothing=smoothing, num_classes=num_classes)
+    _, target = mixer(torch.zeros(batch_size, 1, 2, 2), labels)
+    return target.double()
+
+
+def reference_loss(logits, target, axes, distinct_class_axis=False):
+    """Eq. 5 / 7 / 9 written out with loops over images and interpolated classifiers."""
+    n = len(logits)
+    score = [[sum(float(logits[i, c]) * float(target[j, c]) for c in range(logits.shape[1]))
+              for j in range(n)] for i in range(n)]
+    total = 0.
+    if axes in ('class', 'both'):
+        for i in range(n):
+            columns = range(n)
+            if distinct_class_axis:  # one classifier per distinct target row
+                columns = [j for j in range(n) if not any(torch.equal(target[j], target[k]) for k in range(j))]
+            z_cc = sum(math.exp(score[i][j]) for j in columns)
+            total -= (score[i][i] - math.log(z_cc)) / n
+    if axes in ('pair', 'both'):
+        for i in range(n):
+            z_ci = sum(math.exp(score[j][i]) for j in range(n))
+            total -= (score[i][i] - math.log(z_ci)) / n
+    return total
+
+
+@pytest.mark.parametrize('axes', ['both', 'class', 'pair'])
+def test_matches_loop_reference(axes):
+    target = mixed_targets()
+    logits = torch.randn(B, C, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    loss = InfiniteClassCrossEntropy(axes=axes)(logits, target)
+    assert loss.item() == pytest.approx(reference_loss(logits, target, axes), rel=1e-10)
+
+
+def test_both_is_class_plus_pair():
+    target = mixed_targets(seed=3)
+    logits = torch.randn(B, C, dtype=torch.float64)
+    both = infinite_class_cross_entropy(logits, target, 'both')
+    parts = infinite_class_cross_entropy(logits, target, 'class') + infinite_class_cross_entropy(logits, target, 'pair')
+    torch.testing.assert_close(both, parts)
+
+
+def test_bias_is_interpolated_with_the_classifier():
+    """Eq. 2-3 for a head with bias: image i under row j's classifier W y_j with bias b . y_j."""
+    g = torch.Generator().manual_seed(2)
+    feats, weight, bias = (torch.randn(B, D, generator=g, dtype=torch.float64),
+                           torch.randn(C, D, generator=g, dtype=torch.float64),
+                           torch.randn(C, generator=g, dtype=torch.float64))
+    target = mixed_targets(seed=4)
+    interpolated_w, interpolated_b = target @ weight, target @ bias  # one classifier per row
+    scores = feats @ interpolated_w.T + interpolated_b[None, :]
+    expected = F.cross_entropy(scores, torch.arange(B)) + F.cross_entropy(scores.T, torch.arange(B))
+    loss = InfiniteClassCrossEntropy()(F.linear(feats, weight, bias), target)
+    torch.testing.assert_close(loss, expected)
+
+
+def closed_form_gradients(feats, weight, target):
+    """Eq. 6 and Eq. 8 (appendix A.2): gradients of the log-likelihoods w.r.t. W, W in R^{D x C}."""
+    n, num_classes = target.shape
+    score = feats @ weight @ target.T
+    p_cc = torch.softmax(score, dim=1)  # p_cc[i, j] = p_cc(C_yj | x_i)
+    p_ci = torch.softmax(score, dim=0)  # p_ci[j, i] = p_ci(C_yi | x_j)
+    eq6 = torch.zeros_like(weight)
+    eq8 = torch.zeros_like(weight)
+    for c in range(num_classes):
+        for i in range(n):
+            expected_y = sum(p_cc[i, j] * target[j, c] for j in range(n))
+            eq6[:, c] += feats[i] * (target[i, c] - expected_y)
+            expected_r = sum(p_ci[j, i] * feats[j] for j in range(n))
+            eq8[:, c] += target[i, c] * (feats[i] - expected_r)
+    return eq6, eq8
+
+
+@pytest.mark.parametrize('axes', ['both', 'class', 'pair'])
+def test_gradient_matches_eq6_and_eq8(axes):
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(B, D, generator=g, dtype=torch.float64)
+    weight = torch.randn(D, C, generator=g, dtype=torch.float64, requires_grad=True)
+    target = mixed_targets(seed=6)
+    InfiniteClassCrossEntropy(axes=axes)(feats @ weight, target).backward()
+    eq6, eq8 = closed_form_gradients(feats, weight.detach(), target)
+    # The loss is the negative mean log-likelihood: its gradient is -(1/B) times the paper's.
+    expected = {'class': eq6, 'pair': eq8, 'both': eq6 + eq8}[axes] * (-1. / B)
+    torch.testing.assert_close(weight.grad, expected)
+
+
+@pytest.mark.parametrize('scale', [1e4, 1e30])
+def test_finite_for_huge_logits(scale):
+    target = mixed_targets(seed=7).float()
+    logits = (torch.randn(B, C) * scale).requires_grad_()
+    loss = InfiniteClassCrossEntropy()(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert loss.item() > 0
+
+
+def test_bf16_autocast_computes_in_float32():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(D, C)
+    feats = torch.randn(B, D)
+    target = mixed_targets(seed=8).float()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits = head(feats)
+        loss = InfiniteClassCrossEntropy()(logits, target)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    # Exactly the float32 loss of the same bf16 logits: no bf16 matmul or softmax inside.
+    assert loss.item() == InfiniteClassCrossEntropy()(logits.float(), target).item()
+    assert loss.item() == pytest.approx(InfiniteClassCrossEntropy()(head(feats), target).item(), rel=2e-2)
+
+
+def test_merge_normalises_class_axis_over_distinct_rows():
+    target = mixed_targets(seed=9)
+    target[5] = target[2]
+    target[9] = target[2]
+    target[7] = target[0]
+    logits = torch.randn(B, C, dtype=torch.float64)
+    merged = infinite_class_cross_entropy(logits, target, 'class', 'merge')
+    paper = infinite_class_cross_entropy(logits, target, 'class', 'paper')
+    assert merged.item() == pytest.approx(reference_loss(logits, target, 'class', distinct_class_axis=True))
+    assert paper.item() == pytest.approx(reference_loss(logits, target, 'class'))
+    assert merged.item() < paper.item()  # duplicates no longer inflate the normaliser
+    # The pair axis is untouched by the option.
+    torch.testing.assert_close(infinite_class_cross_entropy(logits, target, 'pair', 'merge'),
+                               infinite_class_cross_entropy(logits, target, 'pair', 'paper'))
+
+
+def test_merge_equals_paper_without_duplicates():
+    target = mixed_targets(seed=1)
+    assert duplicate_counts(target).max() == 1  # no same-class pair in this draw
+    logits = torch.randn(B, C, dtype=torch.float64)
+    torch.testing.assert_close(infinite_class_cross_entropy(logits, target, 'both', 'merge'),
+                               infinite_class_cross_entropy(logits, target, 'both', 'paper'))
+
+
+def test_duplicate_counts():
+    target = torch.eye(4)[[0, 1, 0, 2, 0, 1]] * 0.9 + 0.025
+    assert duplicate_counts(target).tolist() == [3, 2, 3, 1, 3, 2]
+    target[3, 0] = torch.nextafter(target[3, 0], torch.tensor(1.))  # one ulp apart is another row
+    assert duplicate_counts(target)[3].item() == 1
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.1])
+def test_unmixed_batch_falls_back_to_soft_target_ce(smoothing):
+    labels = torch.randint(0, C, (B,))
+    mixer = Mixup(mixup_alpha=0.2, label_smoothing=smoothing, num_classes=C)
+    mixer.mixup_enabled = False  # what timm's train loop does past --mixup-off-epoch
+    _, target = mixer(torch.zeros(B, 1, 2, 2), labels)
+    assert not any_row_mixed(target)
+    logits = torch.randn(B, C, requires_grad=True)
+    loss = InfiniteClassCrossEntropy()(logits, target)
+    expected = SoftTargetCrossEntropy()(logits, target)
+    assert loss.item() == expected.item()
+    (grad,) = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected, logits)[0])
+
+
+def test_mixed_batch_does_not_fall_back():
+    target = mixed_targets(seed=11).float()
+    assert any_row_mixed(target)
+    logits = torch.randn(B, C)
+    assert InfiniteClassCrossEntropy()(logits, target).item() == pytest.approx(
+        reference_loss(logits.double(), target.double(), 'both'), rel=1e-5)
+
+
+def test_one_mixed_row_is_enough_to_contrast():
+    target = mixed_targets(seed=12, smoothing=0.0, alpha=0.0001)
+    target = torch.eye(C, dtype=torch.float64)[target.argmax(1)]
+    target[3] = 0.
+    target[3, 0], target[3, 1] = 0.7, 0.3
+    assert any_row_mixed(target)
+    logits = torch.randn(B, C, dtype=torch.float64)
+    assert InfiniteClassCrossEntropy()(logits, target).item() == pytest.approx(reference_loss(logits, target, 'both'))
+
+
+def test_batch_of_one_falls_back():
+    target = mixed_targets(batch_size=2, seed=13)[:1]
+    logits = torch.randn(1, C, dtype=torch.float64)
+    assert InfiniteClassCrossEntropy()(logits, target).item() == SoftTargetCrossEntropy()(logits, target).item()
+
+
+def test_no_value_is_read_on_the_host():
+    """Meta tensors have no values: any .item(), bool() or data-dependent shape would raise here."""
+    logits = torch.empty(B, C, device='meta', requires_grad=True)
+    target = torch.empty(B, C, device='meta')
+    for axes in ('both', 'class', 'pair'):
+        for duplicates in ('paper', 'merge'):
+            loss = infinite_class_cross_entropy(logits, target, axes, duplicates)
+            loss.backward()
+            assert loss.shape == () and logits.grad.shape == (B, C)
+
+
+@pytest.mark.parametrize('logits, target, error, words', [
+    (torch.randn(4, C), torch.randint(0, C, (4,)), TypeError, ['soft targets of shape [B, C]', 'torch.int64', '(4,)']),
+    (torch.randn(4, C), torch.rand(6, C), ValueError, ['same shape', '(4, 7)', '(6, 7)']),
+    (torch.randn(4, C), torch.rand(4, C + 1), ValueError, ['same shape', '(4, 8)']),
+    (torch.randn(4, C), torch.rand(4 * C), ValueError, ['[B, C]', f'({4 * C},)']),
+    (torch.randn(8, C), torch.rand(2, 4, C), ValueError, ['RegMixupLoss', '(2, 4, 7)']),
+    (torch.randn(4, C, 1), torch.rand(4, C), ValueError, ['logits of shape [B, C]', '(4, 7, 1)']),
+    (torch.randint(0, 3, (4, C)), torch.rand(4, C), ValueError, ['float logits', 'torch.int64']),
+    ([[0.0] * C] * 4, torch.rand(4, C), TypeError, ['two tensors', 'list']),
+])
+def test_bad_inputs_say_what_was_expected_and_what_arrived(logits, target, error, words):
+    with pytest.raises(error) as info:
+        InfiniteClassCrossEntropy()(logits, target)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    ({'axes': 'rows'}, ["axes must be one of 'both', 'class', 'pair'", "'rows'"]),
+    ({'duplicates': 'dedupe'}, ["duplicates must be one of 'paper', 'merge'", "'dedupe'"]),
+])
+def test_unknown_options(kwargs, words):
+    with pytest.raises(ValueError) as info:
+        InfiniteClassCrossEntropy(**kwargs)
+    for word in words:
+        assert word in str(info.value)

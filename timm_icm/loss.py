@@ -1,0 +1,176 @@
+"""The Infinite Class Mixup loss (Mensink & Mettes, BMVC 2023, Sec. 3).
+
+A mixed image's target is its own classifier, the interpolation of its classes' classifiers
+(Eq. 2). For a model with a linear head the score of image i under the classifier of row j is
+``M[i, j] = S[i] . Y[j]`` with ``S`` the logits and ``Y`` the soft targets (Eq. 3, bias included),
+so the whole ``B x B`` score matrix is ``S @ Y.T``. The loss is a cross-entropy over each row of
+``M`` (contrast an image with every interpolated classifier of the batch, Eq. 5), over each column
+(contrast a classifier with every mixed image, Eq. 7), or the sum of both (Eq. 9).
+"""
+import contextlib
+from typing import ContextManager, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+AXES = ('both', 'class', 'pair')
+DUPLICATES = ('paper', 'merge')
+
+
+def check_choice(name: str, value: str, choices: Tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {", ".join(map(repr, choices))}; got {value!r}')
+    return value
+
+
+def check_logits_and_targets(logits: torch.Tensor, target: torch.Tensor, loss_name: str) -> None:
+    """Shape and dtype checks only: nothing here reads tensor values, so nothing syncs a device."""
+    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError(
+            f'{loss_name} expects two tensors (logits, soft_target); '
+            f'got {type(logits).__name__} and {type(target).__name__}')
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(
+            f'{loss_name} expects float logits of shape [B, C]; got {logits.dtype} of shape {tuple(logits.shape)}')
+    if not target.is_floating_point():
+        raise TypeError(
+            f'{loss_name} expects soft targets of shape [B, C] as timm\'s Mixup/CutMix produce them; '
+            f'got {target.dtype} of shape {tuple(target.shape)} (class indices?). Mix the batch with '
+            f'timm_icm.InfiniteClassMixup (or timm.data.Mixup), or use nn.CrossEntropyLoss for hard labels')
+    if target.dim() == 3:
+        raise ValueError(
+            f'{loss_name} got targets of shape {tuple(target.shape)}: the [2, B, C] clean/mixed layout of '
+            f'RegMixup. Wrap the loss: timm_icm.RegMixupLoss({loss_name}(...), weight=eta)')
+    if target.dim() != 2:
+        raise ValueError(f'{loss_name} expects soft targets of shape [B, C]; got shape {tuple(target.shape)}')
+    if target.shape != logits.shape:
+        raise ValueError(
+            f'{loss_name} expects logits and soft targets of the same shape [B, C]; '
+            f'got logits {tuple(logits.shape)} and targets {tuple(target.shape)}')
+
+
+def autocast_off(device: torch.device) -> ContextManager:
+    """Leave autocast for exact float32 arithmetic (a no-op on devices that have no autocast)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with soft targets over the original classes, mean over the batch."""
+    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def any_row_mixed(target: torch.Tensor) -> torch.Tensor:
+    """True (a 0-d tensor, on the targets' device) if some row has two or more classes above its floor.
+
+    An unmixed row from timm's mixers is one-hot, or one-hot with label smoothing: exactly one entry
+    above the row's minimum. Mixed rows have two (or one, when both images share a class, which is
+    indeed no interpolation). Mixing with lambda = 1 leaves the rows bit-identical, so the strict
+    comparison is exact.
+    """
+    floor = target.amin(dim=1, keepdim=True)
+    return ((target > floor).sum(dim=1) > 1).any()
+
+
+_HASH_WEIGHTS = {}
+
+
+def _row_keys(target: torch.Tensor) -> torch.Tensor:
+    """A 64-bit key per row, equal for bit-identical rows, distinct otherwise (up to ~2^-60 collisions).
+
+    Integer arithmetic wraps and is associative, so the key does not depend on reduction order or
+    device, unlike a float dot product. Cost O(B C), no sort, no sync.
+    """
+    num_classes = target.shape[1]
+    key = (num_classes, target.device)
+    weights = _HASH_WEIGHTS.get(key)
+    if weights is None:
+        gen = torch.Generator().manual_seed(0x1C3)
+        weights = torch.randint(-2 ** 62, 2 ** 62, (num_classes,), generator=gen, dtype=torch.int64) | 1
+        weights = _HASH_WEIGHTS.setdefault(key, weights.to(target.device))
+    bits = target.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+    return (bits * weights).sum(dim=1)
+
+
+def duplicate_counts(target: torch.Tensor) -> torch.Tensor:
+    """For each row of ``target``, how many rows (itself included) are equal to it. Shape [B], float."""
+    keys = _row_keys(target)
+    return (keys[:, None] == keys[None, :]).sum(dim=0).to(torch.float32)
+
+
+def infinite_class_cross_entropy(
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        axes: str = 'both',
+        duplicates: str = 'paper',
+        *,
+        all_logits: Optional[torch.Tensor] = None,
+        all_target: Optional[torch.Tensor] = None,
+        offset: int = 0,
+) -> torch.Tensor:
+    """The Infinite Class Mixup loss of Eq. 9 (``axes='both'``), Eq. 5 (``'class'``) or Eq. 7 (``'pair'``).
+
+    Args:
+        logits: ``S``, the model output ``[B, C]`` including the classifier bias.
+        target: ``Y``, soft targets ``[B, C]`` from timm's mixers (rows sum to one).
+        axes: ``'class'``: cross-entropy over each row of ``M = S @ Y.T``, target the diagonal;
+            ``'pair'``: over each column; ``'both'``: the two batch means summed.
+        duplicates: ``'paper'`` counts equal target rows as separate classifiers, as the paper does;
+            ``'merge'`` normalises the class axis over the distinct rows of the targets only.
+        all_logits, all_target: the global batch ``[N, C]`` when each process of a distributed run
+            contrasts its rows with every row of every process. ``logits``/``target`` are then this
+            process's rows, found at ``offset`` in the global batch; the loss is the mean over them.
+
+    Falls back to the soft-target cross-entropy over the original classes when no row of the
+    (global) batch is mixed, or when it has fewer than two rows: there is nothing to contrast.
+    Computed in float32 (or wider) whatever the autocast dtype.
+    """
+    check_choice('axes', axes, AXES)
+    check_choice('duplicates', duplicates, DUPLICATES)
+    check_logits_and_targets(logits, target, 'InfiniteClassCrossEntropy')
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    with autocast_off(logits.device):
+        logits, target = logits.to(dtype), target.to(dtype)
+        plain = soft_target_cross_entropy(logits, target)
+        all_logits = logits if all_logits is None else all_logits.to(dtype)
+        all_target = target if all_target is None else all_target.to(dtype)
+        if all_target.shape[0] < 2:
+            return plain
+        positives = torch.arange(offset, offset + logits.shape[0], device=logits.device)
+        loss = logits.new_zeros(())
+        if axes in ('both', 'class'):
+            scores = logits @ all_target.T  # [b, N]: my images under every interpolated classifier
+            if duplicates == 'merge':
+                log_counts = duplicate_counts(all_target).log()
+                loss = loss + (F.cross_entropy(scores - log_counts, positives, reduction='none')
+                               - log_counts[positives]).mean()
+            else:
+                loss = loss + F.cross_entropy(scores, positives)
+        if axes in ('both', 'pair'):
+            scores = all_logits @ target.T  # [N, b]: my interpolated classifiers over every image
+            loss = loss + F.cross_entropy(scores.T, positives)
+        return torch.where(any_row_mixed(all_target), loss, plain)
+
+
+class InfiniteClassCrossEntropy(nn.Module):
+    """Drop-in for ``timm.loss.SoftTargetCrossEntropy`` that trains with Infinite Class Mixup.
+
+    ``forward(logits[B, C], soft_target[B, C]) -> scalar``; see :func:`infinite_class_cross_entropy`.
+
+    Args:
+        axes: ``'both'`` (Eq. 9, default), ``'class'`` (Eq. 5) or ``'pair'`` (Eq. 7).
+        duplicates: ``'paper'`` (default) or ``'merge'`` (class axis over distinct target rows).
+    """
+
+    def __init__(self, axes: str = 'both', duplicates: str = 'paper'):
+        super().__init__()
+        self.axes = check_choice('axes', axes, AXES)
+        self.duplicates = check_choice('duplicates', duplicates, DUPLICATES)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return infinite_class_cross_entropy(logits, target, self.axes, self.duplicates)
+
+    def extra_repr(self) -> str:
+        return f'axes={self.axes!r}, duplicates={self.duplicates!r}'
