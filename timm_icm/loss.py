@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .distributed import gather_rows
+
 AXES = ('both', 'class', 'pair')
 DUPLICATES = ('paper', 'merge')
 
@@ -162,15 +164,24 @@ class InfiniteClassCrossEntropy(nn.Module):
     Args:
         axes: ``'both'`` (Eq. 9, default), ``'class'`` (Eq. 5) or ``'pair'`` (Eq. 7).
         duplicates: ``'paper'`` (default) or ``'merge'`` (class axis over distinct target rows).
+        gather_distributed: in a distributed run, contrast this process's rows with the rows of
+            every process (all-gather with gradient); by default each process contrasts its own batch.
     """
 
-    def __init__(self, axes: str = 'both', duplicates: str = 'paper'):
+    def __init__(self, axes: str = 'both', duplicates: str = 'paper', gather_distributed: bool = False):
         super().__init__()
         self.axes = check_choice('axes', axes, AXES)
         self.duplicates = check_choice('duplicates', duplicates, DUPLICATES)
+        self.gather_distributed = bool(gather_distributed)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.gather_distributed:
+            check_logits_and_targets(logits, target, 'InfiniteClassCrossEntropy')
+            all_logits, all_target, offset = gather_rows(logits, target)
+            return infinite_class_cross_entropy(
+                logits, target, self.axes, self.duplicates,
+                all_logits=all_logits, all_target=all_target, offset=offset)
         return infinite_class_cross_entropy(logits, target, self.axes, self.duplicates)
 
     def extra_repr(self) -> str:
-        return f'axes={self.axes!r}, duplicates={self.duplicates!r}'
+        return f'axes={self.axes!r}, duplicates={self.duplicates!r}, gather_distributed={self.gather_distributed}'

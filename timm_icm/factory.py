@@ -1,0 +1,50 @@
+"""The mixer and the training loss from timm-style args, as train_icm.py and the launcher build them."""
+import argparse
+from typing import Optional, Sequence, Union
+
+import torch.nn as nn
+from timm.loss import SoftTargetCrossEntropy
+
+from .loss import InfiniteClassCrossEntropy
+from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup
+from .regmixup import RegMixupLoss
+
+
+def mixup_active(args: argparse.Namespace) -> bool:
+    return args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+
+
+def mixup_kwargs(args: argparse.Namespace, num_classes: int) -> dict:
+    """timm train.py's Mixup arguments plus ICM's variant options."""
+    return dict(
+        mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+        prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+        label_smoothing=args.smoothing, num_classes=num_classes,
+        regmixup=args.regmixup, remix=args.remix, remix_kappa=args.remix_kappa, remix_tau=args.remix_tau)
+
+
+def create_mixer(
+        args: argparse.Namespace,
+        num_classes: int,
+        class_counts: Optional[Sequence[int]] = None,
+        collate: bool = False,
+) -> Union[InfiniteClassMixup, FastCollateInfiniteClassMixup, None]:
+    """The mixer for the tensor path, or (``collate=True``) the collate function of the prefetcher path."""
+    if not mixup_active(args):
+        return None
+    if args.remix and class_counts is None:
+        raise ValueError('--remix needs the class counts of the training set, and this dataset gives none')
+    cls = FastCollateInfiniteClassMixup if collate else InfiniteClassMixup
+    return cls(class_counts=class_counts if args.remix else None, **mixup_kwargs(args, num_classes))
+
+
+def create_train_loss(args: argparse.Namespace) -> nn.Module:
+    """ICM or soft-target CE for mixed batches, wrapped for RegMixup's clean + mixed layout."""
+    if args.icm:
+        loss = InfiniteClassCrossEntropy(
+            axes=args.icm_axes, duplicates=args.icm_duplicates, gather_distributed=args.icm_gather)
+    else:
+        loss = SoftTargetCrossEntropy()
+    if args.regmixup:
+        loss = RegMixupLoss(loss, weight=args.regmixup_weight)
+    return loss

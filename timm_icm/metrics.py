@@ -1,0 +1,51 @@
+"""Evaluation metrics: top-k accuracy and expected calibration error, reducible across processes."""
+from typing import Dict
+
+import torch
+
+
+class ClassificationMeter:
+    """Accumulates loss, top-1, top-5 and the calibration bins over batches; ``compute()`` gives the means.
+
+    All state is kept as one tensor of sums, so a distributed run reduces it with a single all-reduce.
+    ECE (Guo et al. 2017, 15 equal-width confidence bins): sum over bins of
+    ``|bin accuracy - bin confidence| * bin size / N``.
+    """
+
+    def __init__(self, num_bins: int = 15, device: torch.device = torch.device('cpu')):
+        self.num_bins = num_bins
+        self.sums = torch.zeros(4 + 3 * num_bins, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
+        logits = logits.float()
+        n = target.shape[0]
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        hits = topk == target[:, None]
+        confidence, prediction = logits.softmax(dim=1).max(dim=1)
+        correct = (prediction == target).double()
+        bins = (confidence.double() * self.num_bins).long().clamp_(max=self.num_bins - 1)
+        nb = self.num_bins
+        self.sums[0] += loss.double() * n
+        self.sums[1] += hits[:, 0].sum()
+        self.sums[2] += hits.any(dim=1).sum()
+        self.sums[3] += n
+        self.sums[4:4 + nb] += torch.bincount(bins, minlength=nb).double()
+        self.sums[4 + nb:4 + 2 * nb] += torch.bincount(bins, weights=confidence.double(), minlength=nb)
+        self.sums[4 + 2 * nb:] += torch.bincount(bins, weights=correct, minlength=nb)
+
+    def compute(self) -> Dict[str, float]:
+        s, nb = self.sums.cpu(), self.num_bins
+        n = s[3].clamp(min=1)
+        count, conf, acc = s[4:4 + nb], s[4 + nb:4 + 2 * nb], s[4 + 2 * nb:]
+        ece = (acc - conf).abs().sum() / n
+        return {'loss': float(s[0] / n), 'top1': float(100 * s[1] / n), 'top5': float(100 * s[2] / n),
+                'ece': float(100 * ece)}
+
+
+def expected_calibration_error(logits: torch.Tensor, target: torch.Tensor, num_bins: int = 15) -> float:
+    """ECE in percent of one set of logits (see :class:`ClassificationMeter`)."""
+    meter = ClassificationMeter(num_bins, logits.device)
+    meter.update(logits, target, torch.zeros(()))
+    return meter.compute()['ece']
