@@ -65,6 +65,11 @@ def build_model(args: argparse.Namespace) -> nn.Module:
 
 def build_datasets(args: argparse.Namespace):
     """Train and eval datasets, the training subset of the paper's data settings, its class counts."""
+    if not args.data_dir:
+        raise UsageError('no data: set --data-dir DIR (and --dataset NAME; e.g. torch/cifar100, or a folder of '
+                         'class sub-folders with --dataset empty)')
+    if not os.path.exists(args.data_dir) and not args.dataset_download:
+        raise UsageError(f'{args.dataset or "image folder"}: --data-dir {args.data_dir} does not exist')
     img_mode = args.input_img_mode or ('RGB' if args.in_chans in (None, 3) else 'L')
     common = dict(root=args.data_dir, class_map=args.class_map, download=args.dataset_download,
                   batch_size=args.batch_size, input_img_mode=img_mode)
@@ -73,17 +78,25 @@ def build_datasets(args: argparse.Namespace):
         evaluation = datasets.create_dataset(args.dataset, split=args.val_split, **common) if args.val_split else None
     except FileNotFoundError as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else f'data not found: {args.data_dir}') from None
+    except RuntimeError as e:  # timm's folder reader finding no images
+        if 'Found 0' not in str(e):
+            raise
+        raise UsageError(' '.join(str(e).split())) from None
     if evaluation is not None and args.eval_samples_per_class:
         evaluation, _ = subsets.subset_dataset(
             evaluation, samples_per_class=args.eval_samples_per_class, seed=args.subset_seed)
+    setting = dict(fraction=args.train_fraction, samples_per_class=args.train_samples_per_class,
+                   imbalance_ratio=args.imbalance_ratio)
+    wants_subset = any(v is not None for v in setting.values())
     try:
-        train, counts = subsets.subset_dataset(
-            train, fraction=args.train_fraction, samples_per_class=args.train_samples_per_class,
-            imbalance_ratio=args.imbalance_ratio, seed=args.subset_seed)
+        if wants_subset:
+            train, counts = subsets.subset_dataset(train, seed=args.subset_seed, **setting)
+        else:
+            counts = subsets.class_counts(datasets.dataset_targets(train))
     except (TypeError, ValueError) as e:
-        if args.remix or args.train_fraction or args.train_samples_per_class or args.imbalance_ratio:
-            raise UsageError(f'{args.dataset or "this dataset"}: {e}') from None
-        counts = None  # e.g. an iterable dataset: fine unless a class-count feature was asked for
+        if wants_subset or args.remix:  # these need the training labels
+            raise UsageError(f'{args.dataset or "this dataset"} gives no class counts: {e}') from None
+        counts = None
     return train, evaluation, counts
 
 
@@ -362,8 +375,28 @@ def _build_optimizer_and_scheduler(args, task, updates_per_epoch):
     return optimizer, lr_scheduler, num_epochs
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Logs to the current sys.stdout (stderr is kept for problems), also when it is swapped later."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def setup_logging() -> None:
+    if not any(isinstance(h, _StdoutHandler) for h in logging.root.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(utils.log.FormatterNoInfo())
+        logging.root.addHandler(handler)
+        logging.root.setLevel(logging.INFO)
+
+
 def main(argv: Optional[list] = None) -> int:
-    utils.setup_default_logging()
+    setup_logging()
     args, args_text = cli.parse_args(argv)
     try:
         return train(args, args_text)

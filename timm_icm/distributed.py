@@ -9,7 +9,6 @@ from typing import Tuple
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 
 
 def world() -> Tuple[int, int]:
@@ -19,12 +18,33 @@ def world() -> Tuple[int, int]:
     return 0, 1
 
 
+class _AllGatherRows(torch.autograd.Function):
+    """Concatenate every rank's rows; backward: sum the gradients of all ranks, keep my rows.
+
+    All-reduce + slice rather than reduce-scatter, which gloo (CPU) does not have.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        rank, world_size = world()
+        ctx.rows = slice(rank * tensor.shape[0], (rank + 1) * tensor.shape[0])
+        parts = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rows]
+
+
 def gather_rows(logits: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """The global batch ``(all_logits, all_target)`` and the offset of this rank's rows in it."""
     rank, world_size = world()
     if world_size == 1:
         return logits, target, 0
-    all_logits = torch.cat(dist_nn.all_gather(logits), dim=0)
-    gathered = [torch.empty_like(target) for _ in range(world_size)]
-    dist.all_gather(gathered, target.contiguous())
-    return all_logits, torch.cat(gathered, dim=0), rank * logits.shape[0]
+    all_logits = _AllGatherRows.apply(logits)
+    parts = [torch.empty_like(target) for _ in range(world_size)]
+    dist.all_gather(parts, target.contiguous())
+    return all_logits, torch.cat(parts, dim=0), rank * logits.shape[0]

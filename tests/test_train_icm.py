@@ -1,0 +1,193 @@
+"""train_icm.py end to end: it learns, it resumes after a kill, it runs under torchrun, it refuses bad input."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import train_icm
+from timm_icm import InfiniteClassCrossEntropy, InfiniteClassMixup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST = ['--dataset', 'torch/fashion_mnist', '--model', 'resnet20_cifar', '--num-classes', '10',
+          '--in-chans', '1', '--input-size', '1', '28', '28', '--mean', '0.286', '--std', '0.353',
+          '--smoothing', '0', '-b', '64', '--lr', '0.02', '--weight-decay', '5e-4', '--sched', 'cosine',
+          '--warmup-epochs', '0', '-j', '0', '--log-interval', '1000', '--eval-samples-per-class', '50']
+
+
+def summary_rows(folder):
+    with open(os.path.join(folder, 'summary.csv'), newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def run(tmp_path, data_dir, *flags, name='run'):
+    code = train_icm.main(FMNIST + ['--data-dir', data_dir, '--output', str(tmp_path), '--experiment', name,
+                                    *flags])
+    assert code == 0
+    return summary_rows(tmp_path / name)
+
+
+@pytest.mark.parametrize('flags, floor', [
+    (['--mixup', '0.2', '--icm'], 35.),
+    (['--mixup', '20', '--regmixup', '--icm'], 35.),
+    (['--mixup', '0.2', '--icm', '--no-prefetcher', '--cifar-aug'], 35.),
+], ids=['ic-mixup', 'ic-regmixup', 'tensor-path-cifar-aug'])
+def test_learns_with_icm(tmp_path, fashion_mnist_dir, flags, floor):
+    rows = run(tmp_path, fashion_mnist_dir, '--train-samples-per-class', '100', '--epochs', '4', *flags)
+    assert [int(r['epoch']) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[-1]['eval_top1']) > floor  # chance is 10 %
+    assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
+    assert {'eval_top5', 'eval_ece'} <= set(rows[-1])
+
+
+def test_ic_remix_on_a_long_tail(tmp_path, fashion_mnist_dir):
+    rows = run(tmp_path, fashion_mnist_dir, '--train-samples-per-class', '150', '--imbalance-ratio', '0.1',
+               '--mixup', '0.2', '--remix', '--icm', '--epochs', '4')
+    counts = torch.tensor(__import__('json').load(open(tmp_path / 'run' / 'class_counts.json')))
+    assert counts[0] == 150 and counts[-1] == 15 and (counts[:-1] >= counts[1:]).all()
+    assert float(rows[-1]['eval_top1']) > 30.
+
+
+def test_resume_after_sigkill(tmp_path, fashion_mnist_dir):
+    """Kill -9 mid-training, resume: every finished epoch once in summary.csv, no broken checkpoint."""
+    out = tmp_path / 'kill'
+    cmd = [sys.executable, os.path.join(ROOT, 'train_icm.py'), *FMNIST, '--data-dir', fashion_mnist_dir,
+           '--output', str(tmp_path), '--experiment', 'kill', '--train-samples-per-class', '30',
+           '--eval-samples-per-class', '5', '--mixup', '0.2', '--icm', '--epochs', '6']
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 120
+    while not (out / 'checkpoint-1.pth.tar').exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'training ended before it could be killed'
+    finished = torch.load(out / 'last.pth.tar', map_location='cpu', weights_only=False)['epoch']
+    for path in out.glob('*.pth.tar'):
+        if path.name != 'tmp.pth.tar':  # the one file written before its rename may be cut short
+            torch.load(path, map_location='cpu', weights_only=False)
+    assert finished >= 1
+    resumed = subprocess.run(cmd + ['--resume', str(out / 'last.pth.tar')], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [int(r['epoch']) for r in summary_rows(out)] == list(range(6))
+    assert f'Loaded checkpoint \'{out / "last.pth.tar"}\' (epoch {finished})' in resumed.stderr + resumed.stdout
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path, fashion_mnist_dir):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29517',
+           os.path.join(ROOT, 'train_icm.py'), *FMNIST, '--data-dir', fashion_mnist_dir, '--output', str(tmp_path),
+           '--experiment', 'ddp', '--train-samples-per-class', '40', '--mixup', '0.2', '--icm', '--icm-gather',
+           '--epochs', '2', '-b', '32']
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Process 1/2' in result.stderr or 'Process 1/2' in result.stdout
+    assert [int(r['epoch']) for r in summary_rows(tmp_path / 'ddp')] == [0, 1]
+
+
+def _gathered_loss_worker(rank, world_size, port, logits, target, queue):
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world_size)
+    rows = slice(rank * 4, rank * 4 + 4)
+    mine = logits[rows].clone().requires_grad_()
+    loss = InfiniteClassCrossEntropy(gather_distributed=True)(mine, target[rows])
+    loss.backward()
+    queue.put((rank, loss.item(), mine.grad.tolist()))  # plain data: this process ends first
+    dist.destroy_process_group()
+
+
+def test_gathered_loss_equals_the_single_process_loss_on_the_concatenated_batch():
+    torch.manual_seed(0)
+    _, target = InfiniteClassMixup(mixup_alpha=0.4, mode='elem', num_classes=5)(
+        torch.zeros(8, 1, 2, 2), torch.randint(0, 5, (8,)))
+    logits = torch.randn(8, 5)
+    queue = mp.get_context('spawn').SimpleQueue()
+    mp.spawn(_gathered_loss_worker, args=(2, 29533, logits, target, queue), nprocs=2)
+    results = sorted(queue.get() for _ in range(2))
+    reference_logits = logits.clone().requires_grad_()
+    reference = InfiniteClassCrossEntropy()(reference_logits, target)
+    reference.backward()
+    # The mean of the ranks' losses is the loss of the whole batch ...
+    assert sum(r[1] for r in results) / 2 == pytest.approx(reference.item(), rel=1e-6)
+    # ... and each rank's gradient (its own rows, summed back from every rank) is what DDP averages.
+    gathered_grad = torch.tensor([row for r in results for row in r[2]]) / 2
+    torch.testing.assert_close(gathered_grad, reference_logits.grad)
+
+
+def expect_usage_error(capsys, argv, *words):
+    try:
+        code = train_icm.main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and 'Traceback' not in err[0], err
+    for word in words:
+        assert word in err[0]
+    return err[0]
+
+
+def test_unknown_yaml_key_is_named(tmp_path, capsys):
+    cfg = tmp_path / 'exp.yaml'
+    cfg.write_text('model: resnet20_cifar\nmixup: 0.2\nlearning_rate: 0.1\n')
+    expect_usage_error(capsys, ['-c', str(cfg)], 'unknown key', "'learning_rate'", str(cfg))
+
+
+@pytest.mark.parametrize('yaml_text, words', [
+    ('lr: fast\n', ["'lr'", 'float', "'fast'"]),
+    ('epochs: 2.5\n', ["'epochs'", 'int']),
+    ('icm: yes please\n', ["'icm'", 'true or false']),
+    ('decay_milestones: 50\n', ["'decay_milestones'", 'list']),
+    ('icm_axes: rows\n', ["'icm_axes'", 'both, class, pair']),
+    ('- just\n- a list\n', ['mapping']),
+])
+def test_wrong_yaml_value_type(tmp_path, capsys, yaml_text, words):
+    cfg = tmp_path / 'bad.yaml'
+    cfg.write_text(yaml_text)
+    expect_usage_error(capsys, ['-c', str(cfg)], *words)
+
+
+def test_yaml_values_compose_and_flags_win(tmp_path):
+    base, method = tmp_path / 'base.yaml', tmp_path / 'method.yaml'
+    base.write_text('lr: 0.1\nmixup: 0.2\ndecay_milestones: [50, 100]\nlr_base: 1e-3\n')
+    method.write_text('mixup: 20\nicm: true\nregmixup: true\n')
+    args, text = train_icm.cli.parse_args(['-c', str(base), '-c', str(method), '--lr', '0.05'])
+    assert (args.lr, args.mixup, args.icm, args.regmixup) == (0.05, 20., True, True)
+    assert args.decay_milestones == [50, 100] and args.lr_base == 1e-3  # YAML's '1e-3' string becomes a float
+    assert 'icm: true' in text
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    line = expect_usage_error(capsys, FMNIST + ['--data-dir', str(tmp_path / 'nowhere'), '--mixup', '0.2', '--icm'],
+                              str(tmp_path / 'nowhere'))
+    assert 'fashion' in line.lower()
+
+
+def test_icm_without_mixing(capsys):
+    expect_usage_error(capsys, FMNIST + ['--icm'], '--icm needs mixing', '--mixup')
+
+
+def test_icm_options_without_icm(capsys):
+    expect_usage_error(capsys, FMNIST + ['--mixup', '0.2', '--icm-axes', 'pair'], '--icm-axes', 'add --icm')
+
+
+def test_remix_on_data_without_class_counts(fashion_mnist_dir, capsys, monkeypatch):
+    def no_targets(*args, **kwargs):
+        raise TypeError('cannot read the targets of IterableImageDataset')
+    monkeypatch.setattr(train_icm.datasets, 'dataset_targets', no_targets)
+    expect_usage_error(capsys, FMNIST + ['--data-dir', fashion_mnist_dir, '--mixup', '0.2', '--remix'],
+                       'gives no class counts', 'cannot read the targets')
+
+
+def test_unknown_model(fashion_mnist_dir, capsys):
+    expect_usage_error(capsys, FMNIST + ['--data-dir', fashion_mnist_dir, '--model', 'resnet20_cifra'],
+                       'resnet20_cifra', 'resnet20_cifar')
+
+
+def test_resume_from_a_missing_checkpoint(fashion_mnist_dir, capsys, tmp_path):
+    expect_usage_error(capsys, FMNIST + ['--data-dir', fashion_mnist_dir, '--resume', str(tmp_path / 'x.pth.tar')],
+                       '--resume', 'x.pth.tar')
