@@ -1,0 +1,69 @@
+"""Compare finished train_icm.py runs: ``python -m timm_icm.report RUN_DIR [RUN_DIR ...]``.
+
+Prints one markdown row per run with the last epoch's eval metrics from its ``summary.csv`` and
+the method read from its ``args.yaml``.
+"""
+import argparse
+import csv
+import os
+import sys
+from typing import Dict, List, Optional
+
+import yaml
+
+
+def method_name(args: Dict) -> str:
+    """The paper's name of the method a run's args describe, e.g. IC-RegMixup, Remix, ERM."""
+    if not (args.get('mixup', 0) > 0 or args.get('cutmix', 0) > 0 or args.get('cutmix_minmax')):
+        return 'ERM'
+    base = 'RegMixup' if args.get('regmixup') else 'Remix' if args.get('remix') else (
+        'Mixup' if args.get('mixup', 0) > 0 else 'CutMix')
+    if not args.get('icm'):
+        return base
+    suffix = {'class': ' (class axis)', 'pair': ' (pair axis)'}.get(args.get('icm_axes', 'both'), '')
+    if args.get('icm_duplicates') == 'merge':
+        suffix += ' (merge)'
+    return f'IC-{base}{suffix}'
+
+
+def read_run(folder: str) -> Optional[Dict]:
+    summary = os.path.join(folder, 'summary.csv')
+    if not os.path.isfile(summary):
+        return None
+    with open(summary, newline='') as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    args = {}
+    if os.path.isfile(os.path.join(folder, 'args.yaml')):
+        with open(os.path.join(folder, 'args.yaml')) as f:
+            args = yaml.safe_load(f) or {}
+    last = rows[-1]
+    return {'run': os.path.basename(os.path.normpath(folder)), 'method': method_name(args),
+            'epochs': int(float(last['epoch'])) + 1,
+            **{k[5:]: float(v) for k, v in last.items() if k.startswith('eval_') and v != ''}}
+
+
+def markdown_table(runs: List[Dict]) -> str:
+    lines = ['| run | method | epochs | top-1 % | top-5 % | ECE % |', '|---|---|---|---|---|---|']
+    for r in runs:
+        lines.append(f"| {r['run']} | {r['method']} | {r['epochs']} | {r.get('top1', float('nan')):.2f} | "
+                     f"{r.get('top5', float('nan')):.2f} | {r.get('ece', float('nan')):.2f} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('runs', nargs='+', help='train_icm.py output folders')
+    args = parser.parse_args(argv)
+    runs = [read_run(folder) for folder in args.runs]
+    missing = [folder for folder, run in zip(args.runs, runs) if run is None]
+    if missing:
+        print(f'timm_icm.report: error: no finished epoch in {", ".join(missing)}', file=sys.stderr)
+        return 2
+    print(markdown_table(runs))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
