@@ -8,7 +8,7 @@ so the whole ``B x B`` score matrix is ``S @ Y.T``. The loss is a cross-entropy 
 (contrast a classifier with every mixed image, Eq. 7), or the sum of both (Eq. 9).
 """
 import contextlib
-from typing import ContextManager, Optional, Tuple
+from typing import ContextManager, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,7 @@ from .distributed import gather_rows
 
 AXES = ('both', 'class', 'pair')
 DUPLICATES = ('paper', 'merge')
+TARGET_FORMATS = ('auto', 'dense', 'sparse')
 
 
 def check_choice(name: str, value: str, choices: Tuple[str, ...]) -> str:
@@ -102,11 +103,50 @@ def duplicate_counts(target: torch.Tensor) -> torch.Tensor:
     return (keys[:, None] == keys[None, :]).sum(dim=0).to(torch.float32)
 
 
+class MixedTargets(NamedTuple):
+    """Soft targets as timm's mixers make them: a floor plus at most two classes per row.
+
+    ``target[j] == floor[j] + weights[j, 0] * e(classes[j, 0]) + weights[j, 1] * e(classes[j, 1])``
+    holds exactly for every row when ``exact`` (a 0-d tensor) is true. Label smoothing gives the
+    floor, the mixing weight (and the smoothing) the two weights; an unmixed row has one weight 0.
+    """
+    floor: torch.Tensor
+    weights: torch.Tensor
+    classes: torch.Tensor
+    exact: torch.Tensor
+    mixed: torch.Tensor
+
+
+def mixed_target_structure(target: torch.Tensor) -> MixedTargets:
+    """Read the floor and the two largest classes of each row; O(B C), no host sync. Needs C >= 3."""
+    floor = target.amin(dim=1)
+    top = target.topk(3, dim=1)
+    weights = top.values[:, :2] - floor[:, None]
+    return MixedTargets(floor, weights, top.indices[:, :2], (top.values[:, 2] == floor).all(),
+                        (weights[:, 1] > 0).any())
+
+
+def dense_scores(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``M[i, j] = S[i] . Y[j]``: image i under the interpolated classifier of row j (Eq. 2-3)."""
+    return logits @ target.T
+
+
+def sparse_scores(logits: torch.Tensor, targets: MixedTargets) -> torch.Tensor:
+    """``logits @ target.T`` from the targets' structure: O(B^2 + B C) instead of O(B^2 C).
+
+    Column gathers of the logits (``logits[:, class]``) plus the floor times the logits' row sums.
+    """
+    return (targets.floor[None, :] * logits.sum(dim=1, keepdim=True)
+            + logits[:, targets.classes[:, 0]] * targets.weights[:, 0]
+            + logits[:, targets.classes[:, 1]] * targets.weights[:, 1])
+
+
 def infinite_class_cross_entropy(
         logits: torch.Tensor,
         target: torch.Tensor,
         axes: str = 'both',
         duplicates: str = 'paper',
+        target_format: str = 'dense',
         *,
         all_logits: Optional[torch.Tensor] = None,
         all_target: Optional[torch.Tensor] = None,
@@ -121,6 +161,9 @@ def infinite_class_cross_entropy(
             ``'pair'``: over each column; ``'both'``: the two batch means summed.
         duplicates: ``'paper'`` counts equal target rows as separate classifiers, as the paper does;
             ``'merge'`` normalises the class axis over the distinct rows of the targets only.
+        target_format: ``'dense'`` computes ``M`` as a matrix product, right for any soft targets;
+            ``'sparse'`` builds it from the floor and two classes of each row (timm's mixed targets,
+            see :class:`MixedTargets`), and gives NaN if some row has more classes.
         all_logits, all_target: the global batch ``[N, C]`` when each process of a distributed run
             contrasts its rows with every row of every process. ``logits``/``target`` are then this
             process's rows, found at ``offset`` in the global batch; the loss is the mean over them.
@@ -131,29 +174,48 @@ def infinite_class_cross_entropy(
     """
     check_choice('axes', axes, AXES)
     check_choice('duplicates', duplicates, DUPLICATES)
+    check_choice('target_format', target_format, TARGET_FORMATS[1:])
     check_logits_and_targets(logits, target, 'InfiniteClassCrossEntropy')
     dtype = torch.promote_types(logits.dtype, torch.float32)
     with autocast_off(logits.device):
         logits, target = logits.to(dtype), target.to(dtype)
-        plain = soft_target_cross_entropy(logits, target)
-        all_logits = logits if all_logits is None else all_logits.to(dtype)
-        all_target = target if all_target is None else all_target.to(dtype)
+        gathered = all_logits is not None
+        all_logits = all_logits.to(dtype) if gathered else logits
+        all_target = all_target.to(dtype) if gathered else target
         if all_target.shape[0] < 2:
-            return plain
-        positives = torch.arange(offset, offset + logits.shape[0], device=logits.device)
+            return soft_target_cross_entropy(logits, target)
+        if target_format == 'sparse' and target.shape[1] >= 3:
+            scores = sparse_scores
+            classifiers = mixed_target_structure(all_target)
+            my_classifiers = mixed_target_structure(target) if gathered else classifiers
+            mixed, exact = classifiers.mixed, classifiers.exact
+        else:
+            scores = dense_scores
+            classifiers, my_classifiers = all_target, target
+            mixed, exact = any_row_mixed(all_target), None
+        if gathered:  # my images x every classifier [b, N]; every image x my classifiers [N, b]
+            row_m = scores(logits, classifiers) if axes != 'pair' else None
+            col_m = scores(all_logits, my_classifiers) if axes != 'class' else None
+        else:  # one [B, B] matrix serves both axes
+            row_m = col_m = scores(logits, classifiers)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        positives = rows + offset
         loss = logits.new_zeros(())
-        if axes in ('both', 'class'):
-            scores = logits @ all_target.T  # [b, N]: my images under every interpolated classifier
+        if axes != 'pair':
+            own = row_m[rows, positives]
+            normaliser = row_m
             if duplicates == 'merge':
-                log_counts = duplicate_counts(all_target).log()
-                loss = loss + (F.cross_entropy(scores - log_counts, positives, reduction='none')
-                               - log_counts[positives]).mean()
-            else:
-                loss = loss + F.cross_entropy(scores, positives)
-        if axes in ('both', 'pair'):
-            scores = all_logits @ target.T  # [N, b]: my interpolated classifiers over every image
-            loss = loss + F.cross_entropy(scores.T, positives)
-        return torch.where(any_row_mixed(all_target), loss, plain)
+                normaliser = row_m - duplicate_counts(all_target).log()[None, :]
+            loss = loss + (torch.logsumexp(normaliser, dim=1) - own).mean()
+        if axes != 'class':
+            own = col_m[positives, rows]
+            loss = loss + (torch.logsumexp(col_m, dim=0) - own).mean()
+        # Soft-target CE from the same diagonal: -sum_c y_c log p_c = sum(y) lse(s) - y . s
+        plain = (target.sum(dim=1) * torch.logsumexp(logits, dim=1) - own).mean()
+        loss = torch.where(mixed, loss, plain)
+        if exact is not None:
+            loss = torch.where(exact, loss, torch.full_like(loss, float('nan')))
+        return loss
 
 
 class InfiniteClassCrossEntropy(nn.Module):
@@ -166,22 +228,37 @@ class InfiniteClassCrossEntropy(nn.Module):
         duplicates: ``'paper'`` (default) or ``'merge'`` (class axis over distinct target rows).
         gather_distributed: in a distributed run, contrast this process's rows with the rows of
             every process (all-gather with gradient); by default each process contrasts its own batch.
+        target_format: ``'sparse'``: targets are timm's mixed targets (a floor plus two classes per
+            row), and the score matrix costs O(B^2 + B C); ``'dense'``: any soft targets, O(B^2 C);
+            ``'auto'`` (default): checks the first batch's targets once (one host sync, at the first
+            call only) and keeps the answer. A later batch whose targets do not fit the sparse
+            structure gives a NaN loss rather than a wrong one.
     """
 
-    def __init__(self, axes: str = 'both', duplicates: str = 'paper', gather_distributed: bool = False):
+    def __init__(self, axes: str = 'both', duplicates: str = 'paper', gather_distributed: bool = False,
+                 target_format: str = 'auto'):
         super().__init__()
         self.axes = check_choice('axes', axes, AXES)
         self.duplicates = check_choice('duplicates', duplicates, DUPLICATES)
         self.gather_distributed = bool(gather_distributed)
+        self.target_format = check_choice('target_format', target_format, TARGET_FORMATS)
+
+    def _resolve_format(self, target: torch.Tensor) -> str:
+        if self.target_format == 'auto' and isinstance(target, torch.Tensor) and target.dim() == 2:
+            sparse = target.shape[1] >= 3 and bool(mixed_target_structure(target.float()).exact)
+            self.target_format = 'sparse' if sparse else 'dense'
+        return self.target_format
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        check_logits_and_targets(logits, target, 'InfiniteClassCrossEntropy')
+        target_format = self._resolve_format(target)
         if self.gather_distributed:
-            check_logits_and_targets(logits, target, 'InfiniteClassCrossEntropy')
             all_logits, all_target, offset = gather_rows(logits, target)
             return infinite_class_cross_entropy(
-                logits, target, self.axes, self.duplicates,
+                logits, target, self.axes, self.duplicates, target_format,
                 all_logits=all_logits, all_target=all_target, offset=offset)
-        return infinite_class_cross_entropy(logits, target, self.axes, self.duplicates)
+        return infinite_class_cross_entropy(logits, target, self.axes, self.duplicates, target_format)
 
     def extra_repr(self) -> str:
-        return f'axes={self.axes!r}, duplicates={self.duplicates!r}, gather_distributed={self.gather_distributed}'
+        return (f'axes={self.axes!r}, duplicates={self.duplicates!r}, '
+                f'gather_distributed={self.gather_distributed}, target_format={self.target_format!r}')
