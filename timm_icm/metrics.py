@@ -38,7 +38,7 @@ class ClassificationMeter:
     def compute(self) -> Dict[str, float]:
         s, nb = self.sums.cpu(), self.num_bins
         n = s[3].clamp(min=1)
-        count, conf, acc = s[4:4 + nb], s[4 + nb:4 + 2 * nb], s[4 + 2 * nb:]
+        conf, acc = s[4 + nb:4 + 2 * nb], s[4 + 2 * nb:]
         ece = (acc - conf).abs().sum() / n
         return {'loss': float(s[0] / n), 'top1': float(100 * s[1] / n), 'top5': float(100 * s[2] / n),
                 'ece': float(100 * ece)}

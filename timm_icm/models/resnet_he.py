@@ -12,14 +12,15 @@ the published CIFAR numbers. Option B adds about 2.8k parameters (ResNet-20: ~0.
 These networks are small and quick enough for CPU experiments with Infinite Class Mixup
 (Mensink & Mettes, BMVC 2023).
 """
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, LayerType, create_classifier, get_act_layer, get_device_dtype, get_norm_layer
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import DropPath, LayerType, get_act_layer, get_norm_layer
+from timm.models import generate_default_cfgs, register_model
 
-from ._cifar_cfg import adapt_cfg_to_model, cifar_cfg
+from ._cifar_cfg import cifar_cfg
+from ._cifar_net import CifarNet, build_cifar_net
 
 __all__ = ['ResNetHe', 'BasicBlockHe']
 
@@ -70,7 +71,7 @@ class BasicBlockHe(nn.Module):
         return self.act2(self.drop_path(x) + shortcut)
 
 
-class ResNetHe(nn.Module):
+class ResNetHe(CifarNet):
     """He et al. (2016) CIFAR ResNet of depth 6n+2 with option-B projection shortcuts.
 
     Args:
@@ -109,51 +110,26 @@ class ResNetHe(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         act_layer = get_act_layer(act_layer)
         norm_layer = get_norm_layer(norm_layer)
-        self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
-        self.grad_checkpointing = False
 
         self.conv1 = nn.Conv2d(in_chans, stem_width, 3, stride=1, padding=1, bias=False, **dd)
         self.bn1 = norm_layer(stem_width, **dd)
         self.act1 = act_layer(inplace=True)
         self.feature_info: List[Dict[str, Any]] = [dict(num_chs=stem_width, reduction=1, module='act1')]
 
-        total_blocks = sum(layers)
-        block_idx = 0
-        reduction = 1
-        in_chs = stem_width
-        stages = []
-        for stage_idx, (depth, out_chs) in enumerate(zip(layers, channels)):
-            stride = 1 if stage_idx == 0 else 2
-            reduction *= stride
-            blocks = []
-            for i in range(depth):
-                dpr = drop_path_rate * block_idx / max(total_blocks - 1, 1)
-                blocks.append(BasicBlockHe(
-                    in_chs, out_chs, stride=stride if i == 0 else 1, drop_path_rate=dpr,
-                    act_layer=act_layer, norm_layer=norm_layer, **dd,
-                ))
-                in_chs = out_chs
-                block_idx += 1
-            stages.append(nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f'stages.{stage_idx}'))
-        self.stages = nn.Sequential(*stages)
+        def make_block(in_chs: int, out_chs: int, stride: int, dpr: float) -> nn.Module:
+            return BasicBlockHe(in_chs, out_chs, stride=stride, drop_path_rate=dpr, act_layer=act_layer,
+                                norm_layer=norm_layer, **dd)
 
-        self.num_features = in_chs
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        out_chs = self._build_stages(make_block, stem_width, channels, layers, drop_path_rate)
+        self._build_head(out_chs, num_classes, global_pool, **dd)
         self.init_weights(zero_init_last=zero_init_last)
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = False) -> None:
         """Kaiming-normal (fan-out) convs, unit/zero BN; optionally zero the last BN of each block."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.init_conv_and_norm()
         if zero_init_last:
             for m in self.modules():
                 if isinstance(m, BasicBlockHe):
@@ -163,52 +139,12 @@ class ResNetHe(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^conv1|bn1', blocks=r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.(\d+)')
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
-        return 'fc' if name_only else self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the head by a fresh ``nn.Linear`` for ``num_classes`` (Identity if 0)."""
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = self.global_pool.pool_type
-        dd = get_device_dtype(self)
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.fc.train(self.training)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self._forward_stages(self.act1(self.bn1(self.conv1(x))))
 
 
 def _create_resnet_he(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNetHe:
-    features_only = kwargs.get('features_only', False)
-    model = build_model_with_cfg(
-        ResNetHe, variant, pretrained, feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
-        **kwargs,
-    )
-    if not features_only:
-        adapt_cfg_to_model(model)
-    return model
+    return build_cifar_net(ResNetHe, variant, pretrained, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

@@ -8,14 +8,15 @@ shortcut is a 1x1 conv applied to the block's pre-activated input, as in the ref
 
 Used as a CIFAR backbone in *Infinite Class Mixup* (Mensink & Mettes, BMVC 2023).
 """
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, LayerType, create_classifier, get_act_layer, get_device_dtype, get_norm_layer
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import DropPath, LayerType, get_act_layer, get_norm_layer
+from timm.models import generate_default_cfgs, register_model
 
-from ._cifar_cfg import adapt_cfg_to_model, cifar_cfg
+from ._cifar_cfg import cifar_cfg
+from ._cifar_net import CifarNet, build_cifar_net
 
 __all__ = ['WideResNet', 'PreActBasicBlock']
 
@@ -65,7 +66,7 @@ class PreActBasicBlock(nn.Module):
         return self.drop_path(x) + shortcut
 
 
-class WideResNet(nn.Module):
+class WideResNet(CifarNet):
     """WRN-d-k for 32x32 inputs.
 
     Args:
@@ -109,54 +110,24 @@ class WideResNet(nn.Module):
         channels = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.depth = depth
         self.widen_factor = widen_factor
-        self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
-        self.grad_checkpointing = False
 
         self.conv1 = nn.Conv2d(in_chans, stem_width, 3, stride=1, padding=1, bias=False, **dd)
         # The stem conv is not followed by BN/ReLU (pre-activation); its output is the stem feature.
         self.feature_info: List[Dict[str, Any]] = [dict(num_chs=stem_width, reduction=1, module='conv1')]
 
-        total_blocks = 3 * n
-        block_idx = 0
-        reduction = 1
-        in_chs = stem_width
-        stages = []
-        for stage_idx, out_chs in enumerate(channels):
-            stride = 1 if stage_idx == 0 else 2
-            reduction *= stride
-            blocks = []
-            for i in range(n):
-                dpr = drop_path_rate * block_idx / max(total_blocks - 1, 1)
-                blocks.append(PreActBasicBlock(
-                    in_chs, out_chs, stride=stride if i == 0 else 1, inner_drop_rate=inner_drop_rate,
-                    drop_path_rate=dpr, act_layer=act_layer, norm_layer=norm_layer, **dd,
-                ))
-                in_chs = out_chs
-                block_idx += 1
-            stages.append(nn.Sequential(*blocks))
-            # pre-act stage outputs are not normalized; the last tap is after the final BN-ReLU
-            module = f'stages.{stage_idx}' if stage_idx < len(channels) - 1 else 'act'
-            self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=module))
-        self.stages = nn.Sequential(*stages)
-        self.norm = norm_layer(in_chs, **dd)
+        def make_block(in_chs: int, out_chs: int, stride: int, dpr: float) -> nn.Module:
+            return PreActBasicBlock(in_chs, out_chs, stride=stride, inner_drop_rate=inner_drop_rate,
+                                    drop_path_rate=dpr, act_layer=act_layer, norm_layer=norm_layer, **dd)
+
+        out_chs = self._build_stages(make_block, stem_width, channels, (n,) * 3, drop_path_rate)
+        # Pre-activation stages end un-normalised: the last feature tap is after the final BN-ReLU.
+        self.feature_info[-1]['module'] = 'act'
+        self.norm = norm_layer(out_chs, **dd)
         self.act = act_layer(inplace=True)
-
-        self.num_features = in_chs
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.init_weights()
-
-    @torch.jit.ignore
-    def init_weights(self) -> None:
-        """Kaiming-normal (fan-out) convs, unit/zero BN (classifier keeps PyTorch's default init)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self._build_head(out_chs, num_classes, global_pool, **dd)
+        self.init_conv_and_norm()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -168,52 +139,12 @@ class WideResNet(nn.Module):
             ],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
-        return 'fc' if name_only else self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the head by a fresh ``nn.Linear`` for ``num_classes`` (Identity if 0)."""
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = self.global_pool.pool_type
-        dd = get_device_dtype(self)
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.fc.train(self.training)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
-        return self.act(self.norm(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.act(self.norm(self._forward_stages(self.conv1(x))))
 
 
 def _create_wide_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> WideResNet:
-    features_only = kwargs.get('features_only', False)
-    model = build_model_with_cfg(
-        WideResNet, variant, pretrained, feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
-        **kwargs,
-    )
-    if not features_only:
-        adapt_cfg_to_model(model)
-    return model
+    return build_cifar_net(WideResNet, variant, pretrained, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
