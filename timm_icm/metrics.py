@@ -14,7 +14,7 @@ class ClassificationMeter:
 
     def __init__(self, num_bins: int = 15, device: torch.device = torch.device('cpu')):
         self.num_bins = num_bins
-        self.sums = torch.zeros(4 + 3 * num_bins, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(4 + 2 * num_bins, dtype=torch.float64, device=device)
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
@@ -31,14 +31,13 @@ class ClassificationMeter:
         self.sums[1] += hits[:, 0].sum()
         self.sums[2] += hits.any(dim=1).sum()
         self.sums[3] += n
-        self.sums[4:4 + nb] += torch.bincount(bins, minlength=nb).double()
-        self.sums[4 + nb:4 + 2 * nb] += torch.bincount(bins, weights=confidence.double(), minlength=nb)
-        self.sums[4 + 2 * nb:] += torch.bincount(bins, weights=correct, minlength=nb)
+        self.sums[4:4 + nb] += torch.bincount(bins, weights=confidence.double(), minlength=nb)
+        self.sums[4 + nb:] += torch.bincount(bins, weights=correct, minlength=nb)
 
     def compute(self) -> Dict[str, float]:
         s, nb = self.sums.cpu(), self.num_bins
         n = s[3].clamp(min=1)
-        conf, acc = s[4 + nb:4 + 2 * nb], s[4 + 2 * nb:]
+        conf, acc = s[4:4 + nb], s[4 + nb:]
         ece = (acc - conf).abs().sum() / n
         return {'loss': float(s[0] / n), 'top1': float(100 * s[1] / n), 'top5': float(100 * s[2] / n),
                 'ece': float(100 * ece)}
