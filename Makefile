@@ -17,8 +17,18 @@ $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 test: venv
 	$(PY) -m pytest -q
 
+DEMO_SEEDS ?= 0 1 2
+DEMO := -c hparams/cpu/fmnist_resnet20.yaml -c hparams/cpu/spc50.yaml --data-dir $(FMNIST_DIR) --output output/demo
+
+# Fashion-MNIST, 50 training images per class: Mixup vs IC-Mixup through train_icm.py, then the comparison.
 demo: venv
-	$(PY) -m timm_icm.demo --data-dir $(FMNIST_DIR)
+	@mkdir -p output/demo; for seed in $(DEMO_SEEDS); do for method in mixup icmixup; do \
+	  log=output/demo/$$method-$$seed.log; \
+	  $(PY) train_icm.py $(DEMO) -c hparams/methods/$$method.yaml --seed $$seed --subset-seed $$seed \
+	    --experiment $$method-$$seed > $$log || { tail -n 20 $$log; exit 1; }; \
+	  echo "$$method, seed $$seed: $$(grep 'Eval:' $$log | tail -n 1)"; \
+	done; done
+	$(PY) -m timm_icm.report --mean $(foreach s,$(DEMO_SEEDS),output/demo/mixup-$(s) output/demo/icmixup-$(s))
 
 clean:
 	rm -rf $(VENV) output *.egg-info

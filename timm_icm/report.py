@@ -1,11 +1,12 @@
 """Compare finished train_icm.py runs: ``python -m timm_icm.report RUN_DIR [RUN_DIR ...]``.
 
 Prints one markdown row per run with the last epoch's eval metrics from its ``summary.csv`` and
-the method read from its ``args.yaml``.
+the method read from its ``args.yaml``; ``--mean`` prints one row per method (mean ± std).
 """
 import argparse
 import csv
 import os
+import statistics
 import sys
 from typing import Dict, List, Optional
 
@@ -52,16 +53,31 @@ def markdown_table(runs: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
+def mean_table(runs: List[Dict]) -> str:
+    """One row per method: mean +- std over its runs (e.g. seeds) of the last epoch's metrics."""
+    lines = ['| method | runs | top-1 % | top-5 % | ECE % |', '|---|---|---|---|---|']
+    for method in dict.fromkeys(r['method'] for r in runs):
+        group = [r for r in runs if r['method'] == method]
+        cells = []
+        for key in ('top1', 'top5', 'ece'):
+            values = [r[key] for r in group if key in r]
+            spread = f' ± {statistics.stdev(values):.2f}' if len(values) > 1 else ''
+            cells.append(f'{statistics.mean(values):.2f}{spread}' if values else '-')
+        lines.append(f'| {method} | {len(group)} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('runs', nargs='+', help='train_icm.py output folders')
+    parser.add_argument('--mean', action='store_true', help='one row per method: mean ± std over its runs')
     args = parser.parse_args(argv)
     runs = [read_run(folder) for folder in args.runs]
     missing = [folder for folder, run in zip(args.runs, runs) if run is None]
     if missing:
         print(f'timm_icm.report: error: no finished epoch in {", ".join(missing)}', file=sys.stderr)
         return 2
-    print(markdown_table(runs))
+    print(mean_table(runs) if args.mean else markdown_table(runs))
     return 0
 
 
