@@ -246,15 +246,16 @@ SPARSE_CASES = {  # timm mixer arguments whose targets the sparse path must repr
 }
 
 
+@pytest.mark.parametrize('num_classes', [50, 10], ids=['C>=B-columns', 'C<B-rows'])
 @pytest.mark.parametrize('duplicates', ['paper', 'merge'])
 @pytest.mark.parametrize('axes', ['both', 'class', 'pair'])
 @pytest.mark.parametrize('case', SPARSE_CASES)
-def test_sparse_path_equals_dense_path(case, axes, duplicates):
+def test_sparse_path_equals_dense_path(case, axes, duplicates, num_classes):
     np.random.seed(0)
-    labels = torch.randint(0, 50, (32,), generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, num_classes, (32,), generator=torch.Generator().manual_seed(1))
     labels[5] = labels[26]  # a same-class pair: duplicate targets
-    _, target = Mixup(num_classes=50, **SPARSE_CASES[case])(torch.zeros(32, 1, 2, 2), labels)
-    logits = torch.randn(32, 50, dtype=torch.float64, requires_grad=True)
+    _, target = Mixup(num_classes=num_classes, **SPARSE_CASES[case])(torch.zeros(32, 1, 2, 2), labels)
+    logits = torch.randn(32, num_classes, dtype=torch.float64, requires_grad=True)
     losses, grads = [], []
     for target_format in ('dense', 'sparse'):
         loss = infinite_class_cross_entropy(logits, target.double(), axes, duplicates, target_format)
@@ -284,3 +285,20 @@ def test_auto_format_chooses_once_from_the_first_batch():
     assert auto_dense.target_format == 'dense'
     # The choice stays: sparse targets through the dense module are still right, the reverse is loud.
     assert torch.isfinite(auto_dense(logits, mixed)) and torch.isnan(auto(logits, teacher))
+
+
+@pytest.mark.parametrize('num_classes', [50, 10])
+@pytest.mark.parametrize('axes', ['both', 'class', 'pair'])
+def test_gathered_rows_sparse_equals_dense(axes, num_classes):
+    """A process's rows [8:16) of a global batch of 32, as --icm-gather computes them."""
+    np.random.seed(1)
+    _, target = Mixup(mixup_alpha=0.5, mode='elem', label_smoothing=0.1, num_classes=num_classes)(
+        torch.zeros(32, 1, 2, 2), torch.randint(0, num_classes, (32,)))
+    logits = torch.randn(32, num_classes, dtype=torch.float64, requires_grad=True)
+    results = []
+    for target_format in ('dense', 'sparse'):
+        loss = infinite_class_cross_entropy(logits[8:16], target[8:16].double(), axes, 'paper', target_format,
+                                            all_logits=logits, all_target=target.double(), offset=8)
+        results.append((loss, torch.autograd.grad(loss, logits)[0]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])

@@ -126,19 +126,56 @@ def mixed_target_structure(target: torch.Tensor) -> MixedTargets:
                         (weights[:, 1] > 0).any())
 
 
-def dense_scores(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``M[i, j] = S[i] . Y[j]``: image i under the interpolated classifier of row j (Eq. 2-3)."""
-    return logits @ target.T
+def dense_scores_t(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``M.T``: ``[classifiers, images]``, ``M[i, j] = S[i] . Y[j]``, image i under row j's classifier (Eq. 2-3)."""
+    return target @ logits.T
 
 
-def sparse_scores(logits: torch.Tensor, targets: MixedTargets) -> torch.Tensor:
-    """``logits @ target.T`` from the targets' structure: O(B^2 + B C) instead of O(B^2 C).
+class _SparseScoresT(torch.autograd.Function):
+    """``M.T`` from the targets' structure, O(B^2 + B C), with a backward of plain scatter-adds.
 
-    Column gathers of the logits (``logits[:, class]``) plus the floor times the logits' row sums.
+    ``Mt[j, i] = floor_j * sum_c S[i, c] + w_j1 * S[i, a_j] + w_j2 * S[i, b_j]``. Where C >= B it
+    gathers columns of ``S`` and transposes the small result; where C < B it gathers rows of a
+    copy of ``S.T`` (cheap then), whose backward scatters into few rows. Either way the backward is
+    ``index_add_``: autograd's own backward of a gather (``index_put_``) was several times slower.
     """
-    return (targets.floor[None, :] * logits.sum(dim=1, keepdim=True)
-            + logits[:, targets.classes[:, 0]] * targets.weights[:, 0]
-            + logits[:, targets.classes[:, 1]] * targets.weights[:, 1])
+
+    @staticmethod
+    def forward(ctx, logits, floor, weights, classes):
+        ctx.save_for_backward(floor, weights, classes)
+        ctx.num_classes = num_classes = logits.shape[1]
+        ctx.columns = num_classes >= logits.shape[0]
+        row_sums = logits.sum(dim=1)
+        if ctx.columns:
+            scores = torch.outer(row_sums, floor)
+            scores.addcmul_(logits.index_select(1, classes[:, 0]), weights[:, 0])
+            scores.addcmul_(logits.index_select(1, classes[:, 1]), weights[:, 1])
+            return scores.t()
+        logits_t = logits.t().contiguous()
+        scores_t = torch.outer(floor, row_sums)
+        scores_t.addcmul_(logits_t.index_select(0, classes[:, 0]), weights[:, :1])
+        scores_t.addcmul_(logits_t.index_select(0, classes[:, 1]), weights[:, 1:])
+        return scores_t
+
+    @staticmethod
+    def backward(ctx, grad_t):
+        floor, weights, classes = ctx.saved_tensors
+        grad_row_sums = (floor @ grad_t)[:, None]
+        if ctx.columns:
+            grad = grad_t.t()
+            grad_logits = grad_row_sums.expand(-1, ctx.num_classes).contiguous()
+            grad_logits.index_add_(1, classes[:, 0], grad * weights[:, 0])
+            grad_logits.index_add_(1, classes[:, 1], grad * weights[:, 1])
+            return grad_logits, None, None, None
+        grad_logits_t = grad_t.new_zeros(ctx.num_classes, grad_t.shape[1])
+        grad_logits_t.index_add_(0, classes[:, 0], grad_t * weights[:, :1])
+        grad_logits_t.index_add_(0, classes[:, 1], grad_t * weights[:, 1:])
+        return grad_logits_t.t() + grad_row_sums, None, None, None
+
+
+def sparse_scores_t(logits: torch.Tensor, targets: MixedTargets) -> torch.Tensor:
+    """:func:`dense_scores_t` for targets of :class:`MixedTargets` structure, O(B^2 + B C) not O(B^2 C)."""
+    return _SparseScoresT.apply(logits, targets.floor, targets.weights, targets.classes)
 
 
 def infinite_class_cross_entropy(
@@ -164,6 +201,7 @@ def infinite_class_cross_entropy(
         target_format: ``'dense'`` computes ``M`` as a matrix product, right for any soft targets;
             ``'sparse'`` builds it from the floor and two classes of each row (timm's mixed targets,
             see :class:`MixedTargets`), and gives NaN if some row has more classes.
+            Both hold ``M`` transposed, classifiers by images.
         all_logits, all_target: the global batch ``[N, C]`` when each process of a distributed run
             contrasts its rows with every row of every process. ``logits``/``target`` are then this
             process's rows, found at ``offset`` in the global batch; the loss is the mean over them.
@@ -185,31 +223,33 @@ def infinite_class_cross_entropy(
         if all_target.shape[0] < 2:
             return soft_target_cross_entropy(logits, target)
         if target_format == 'sparse' and target.shape[1] >= 3:
-            scores = sparse_scores
+            scores_t = sparse_scores_t
             classifiers = mixed_target_structure(all_target)
             my_classifiers = mixed_target_structure(target) if gathered else classifiers
             mixed, exact = classifiers.mixed, classifiers.exact
         else:
-            scores = dense_scores
+            scores_t = dense_scores_t
             classifiers, my_classifiers = all_target, target
             mixed, exact = any_row_mixed(all_target), None
-        if gathered:  # my images x every classifier [b, N]; every image x my classifiers [N, b]
-            row_m = scores(logits, classifiers) if axes != 'pair' else None
-            col_m = scores(all_logits, my_classifiers) if axes != 'class' else None
-        else:  # one [B, B] matrix serves both axes
-            row_m = col_m = scores(logits, classifiers)
+        # Transposed score matrices, rows = classifiers: every classifier x my images [N, b] for
+        # the class axis, my classifiers x every image [b, N] for the pair axis; one [B, B] unless gathered.
+        if gathered:
+            class_t = scores_t(logits, classifiers) if axes != 'pair' else None
+            pair_t = scores_t(all_logits, my_classifiers) if axes != 'class' else None
+        else:
+            class_t = pair_t = scores_t(logits, classifiers)
         rows = torch.arange(logits.shape[0], device=logits.device)
         positives = rows + offset
         loss = logits.new_zeros(())
-        if axes != 'pair':
-            own = row_m[rows, positives]
-            normaliser = row_m
+        if axes != 'pair':  # Eq. 5: each image over every interpolated classifier
+            own = class_t[positives, rows]
+            normaliser = class_t
             if duplicates == 'merge':
-                normaliser = row_m - duplicate_counts(all_target).log()[None, :]
-            loss = loss + (torch.logsumexp(normaliser, dim=1) - own).mean()
-        if axes != 'class':
-            own = col_m[positives, rows]
-            loss = loss + (torch.logsumexp(col_m, dim=0) - own).mean()
+                normaliser = class_t - duplicate_counts(all_target).log()[:, None]
+            loss = loss + (torch.logsumexp(normaliser, dim=0) - own).mean()
+        if axes != 'class':  # Eq. 7: each interpolated classifier over every image
+            own = pair_t[rows, positives]
+            loss = loss + (torch.logsumexp(pair_t, dim=1) - own).mean()
         # Soft-target CE from the same diagonal: -sum_c y_c log p_c = sum(y) lse(s) - y . s
         plain = (target.sum(dim=1) * torch.logsumexp(logits, dim=1) - own).mean()
         loss = torch.where(mixed, loss, plain)

@@ -1,0 +1,217 @@
+"""What ICM costs: ICM vs Mixup + SoftTargetCrossEntropy, interleaved in one process, medians.
+
+    python benchmarks/cost.py [--quick] [--device cuda] [--amp] [--channels-last] [--out benchmarks/results]
+
+1. The whole training step (forward, loss, backward, SGD step) of a few models, ICM vs Mixup:
+   the two losses alternate step by step on the same model and batch, so drift in the machine's
+   speed hits both alike. Target: ICM / Mixup <= 1.02.
+2. The loss alone, forward + backward, targets from timm's Mixup with label smoothing:
+   SoftTargetCrossEntropy vs ICM (the automatic, sparse path) vs ICM with the dense score matrix.
+   Targets: <= 1.5x where C >> B, <= 3x where B >= C.
+3. Memory: what each loss keeps for its backward (bytes of saved tensors), and ICM's excess over
+   SoftTargetCrossEntropy in units of B^2 floats (negative: ICM keeps less).
+
+Prints markdown tables and writes them to ``--out``/cost.md (and cost.csv).
+"""
+import argparse
+import csv
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import timm  # noqa: E402
+import timm_icm  # noqa: E402,F401
+from timm_icm import InfiniteClassCrossEntropy  # noqa: E402
+
+STEP_CASES = [  # (model, kwargs, image size, batch, classes)
+    ('resnet20_cifar', {}, 32, 128, 10),
+    ('resnet20_cifar', {}, 32, 128, 100),
+    ('resnet18_cifar', {}, 32, 128, 10),
+    ('resnet18_cifar', {}, 32, 128, 100),
+    ('vit_tiny_patch16_224', dict(img_size=32, patch_size=4), 32, 128, 1000),
+]
+LOSS_CASES = [(128, 100), (128, 1000), (128, 21843), (1024, 100), (1024, 1000), (1024, 21843)]
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def mixed_targets(batch, classes, device, seed=0):
+    np.random.seed(seed)
+    labels = torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(seed))
+    mixer = Mixup(mixup_alpha=0.2, mode='elem', label_smoothing=0.1, num_classes=classes)
+    return mixer(torch.zeros(batch, 1, 1, 1), labels)[1].to(device)
+
+
+def time_interleaved(fns, repeats, warmup, device, inner=1):
+    """Median seconds per call of each callable over ``repeats`` rounds after ``warmup`` rounds.
+
+    In each round every callable runs once untimed (its memory is then allocated and warm, as in
+    a training loop) and then ``inner`` times timed; the callables take turns round by round.
+    """
+    times = [[] for _ in fns]
+    for round_ in range(warmup + repeats):
+        for i, fn in enumerate(fns):
+            fn()
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            sync(device)
+            if round_ >= warmup:
+                times[i].append((time.perf_counter() - start) / inner)
+    return [statistics.median(t) for t in times]
+
+
+def step_benchmark(args, device):
+    rows = []
+    for name, kwargs, size, batch, classes in STEP_CASES:
+        if args.quick and name != 'resnet20_cifar':
+            continue
+        torch.manual_seed(0)
+        model = timm.create_model(name, num_classes=classes, **kwargs).to(device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        x = torch.randn(batch, 3, size, size, device=device)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = mixed_targets(batch, classes, device)
+        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else nullcontext
+
+        def step(loss_fn):
+            def run():
+                with autocast():
+                    loss = loss_fn(model(x), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            return run
+
+        mixup, icm = time_interleaved([step(SoftTargetCrossEntropy()), step(InfiniteClassCrossEntropy())],
+                                      args.step_repeats, 1, device)
+        rows.append(dict(model=name, image=size, batch=batch, classes=classes, mixup_ms=1e3 * mixup,
+                         icm_ms=1e3 * icm, ratio=icm / mixup))
+        print(f'step {name} B={batch} C={classes}: Mixup {1e3 * mixup:.1f} ms, ICM {1e3 * icm:.1f} ms, '
+              f'ratio {icm / mixup:.3f}', flush=True)
+    return rows
+
+
+def saved_bytes(loss_fn, logits, target):
+    """Bytes of the tensors autograd keeps for the backward of ``loss_fn`` (inputs excluded)."""
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        if key not in seen and t.data_ptr() not in (logits.data_ptr(), target.data_ptr()):
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_fn(logits, target)
+    return total
+
+
+def loss_benchmark(args, device):
+    rows = []
+    for batch, classes in LOSS_CASES:
+        if args.quick and batch * classes > 1024 * 1000:
+            continue
+        logits = torch.randn(batch, classes, device=device)
+        target = mixed_targets(batch, classes, device)
+        losses = {'soft_ce': SoftTargetCrossEntropy(), 'icm': InfiniteClassCrossEntropy(),
+                  'icm_dense': InfiniteClassCrossEntropy(target_format='dense')}
+
+        def fwd_bwd(loss_fn):
+            def run():
+                x = logits.detach().requires_grad_()
+                loss_fn(x, target).backward()
+            return run
+
+        inner = max(1, int(2e6 // (batch * classes)))  # small cases: several calls per sample
+        timings = time_interleaved([fwd_bwd(fn) for fn in losses.values()], args.loss_repeats, 2, device, inner)
+        base = timings[0]
+        memory = {k: saved_bytes(fn, logits.detach().requires_grad_(), target) for k, fn in losses.items()}
+        row = dict(batch=batch, classes=classes, soft_ce_ms=1e3 * base,
+                   icm_ratio=timings[1] / base, icm_dense_ratio=timings[2] / base,
+                   soft_ce_saved_mib=memory['soft_ce'] / 2 ** 20, icm_saved_mib=memory['icm'] / 2 ** 20,
+                   extra_saved_b2=(memory['icm'] - memory['soft_ce']) / (4 * batch * batch))
+        assert losses['icm'].target_format == 'sparse'
+        rows.append(row)
+        print(f'loss B={batch} C={classes}: SoftTargetCE {row["soft_ce_ms"]:.2f} ms, ICM x{row["icm_ratio"]:.2f}, '
+              f'dense ICM x{row["icm_dense_ratio"]:.2f}, saved for backward {row["soft_ce_saved_mib"]:.2f} vs '
+              f'{row["icm_saved_mib"]:.2f} MiB',
+              flush=True)
+    return rows
+
+
+def markdown(step_rows, loss_rows, args, device):
+    lines = [f'Device: {device_name(device)}; torch {torch.__version__}, timm {timm.__version__}; '
+             f'threads {torch.get_num_threads()}; amp {args.amp}; channels_last {args.channels_last}; '
+             f'medians of {args.step_repeats} (step) / {args.loss_repeats} (loss) interleaved repeats.', '']
+    if step_rows:
+        lines += ['| model | image | B | C | Mixup step ms | ICM step ms | ICM / Mixup |', '|---|---|---|---|---|---|---|']
+        lines += [f"| {r['model']} | {r['image']} | {r['batch']} | {r['classes']} | {r['mixup_ms']:.1f} | "
+                  f"{r['icm_ms']:.1f} | {r['ratio']:.3f} |" for r in step_rows]
+        lines.append('')
+    if loss_rows:
+        lines += ['| B | C | SoftTargetCE fwd+bwd ms | ICM / SoftTargetCE | dense ICM / SoftTargetCE | '
+                  'saved for backward: SoftTargetCE / ICM MiB | ICM - SoftTargetCE (B^2 floats) |',
+                  '|---|---|---|---|---|---|---|']
+        lines += [f"| {r['batch']} | {r['classes']} | {r['soft_ce_ms']:.2f} | {r['icm_ratio']:.2f} | "
+                  f"{r['icm_dense_ratio']:.2f} | {r['soft_ce_saved_mib']:.2f} / {r['icm_saved_mib']:.2f} | "
+                  f"{r['extra_saved_b2']:+.1f} |" for r in loss_rows]
+    return '\n'.join(lines)
+
+
+def device_name(device):
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--quick', action='store_true', help='small cases only, for a smoke run')
+    parser.add_argument('--amp', action='store_true', help='bfloat16 autocast for the training steps')
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--step-repeats', type=int, default=7)
+    parser.add_argument('--loss-repeats', type=int, default=15)
+    parser.add_argument('--skip-steps', action='store_true')
+    parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    loss_rows = loss_benchmark(args, device)
+    step_rows = [] if args.skip_steps else step_benchmark(args, device)
+    table = markdown(step_rows, loss_rows, args, device)
+    print('\n' + table)
+    os.makedirs(args.out, exist_ok=True)
+    suffix = '' if device.type == 'cpu' else f'-{device.type}'
+    with open(os.path.join(args.out, f'cost{suffix}.md'), 'w') as f:
+        f.write(f'Command: python benchmarks/cost.py {" ".join(argv if argv is not None else sys.argv[1:])}\n\n')
+        f.write(table + '\n')
+    with open(os.path.join(args.out, f'cost{suffix}.csv'), 'w', newline='') as f:
+        for rows in (step_rows, loss_rows):
+            if rows:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
