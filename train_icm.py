@@ -44,8 +44,15 @@ class UsageError(Exception):
     """A problem with what the user asked for: one line on stderr, exit code 2."""
 
 
+EVAL_KEYS = ('loss', 'top1', 'top5', 'ece')
+
+
+def input_channels(args: argparse.Namespace) -> int:
+    return args.in_chans or (args.input_size[0] if args.input_size else 3)
+
+
 def build_model(args: argparse.Namespace) -> nn.Module:
-    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    in_chans = input_channels(args)
     try:
         model = create_model(
             args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=args.num_classes,
@@ -70,7 +77,7 @@ def build_datasets(args: argparse.Namespace):
                          'class sub-folders with --dataset empty)')
     if not os.path.exists(args.data_dir) and not args.dataset_download:
         raise UsageError(f'{args.dataset or "image folder"}: --data-dir {args.data_dir} does not exist')
-    img_mode = args.input_img_mode or ('RGB' if args.in_chans in (None, 3) else 'L')
+    img_mode = args.input_img_mode or ('RGB' if input_channels(args) == 3 else 'L')
     common = dict(root=args.data_dir, class_map=args.class_map, download=args.dataset_download,
                   batch_size=args.batch_size, input_img_mode=img_mode)
     try:
@@ -274,6 +281,9 @@ def train(args: argparse.Namespace, args_text: str) -> int:
     loader_train, loader_eval = build_loaders(
         args, data_config, dataset_train, dataset_eval, mixer if args.prefetcher else None, device)
 
+    if len(loader_train) == 0:
+        raise UsageError(f'the training set has {len(dataset_train)} images, fewer than one batch of '
+                         f'{args.batch_size} per process (the last partial batch is dropped): lower --batch-size')
     updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
     optimizer, lr_scheduler, num_epochs = _build_optimizer_and_scheduler(args, task, updates_per_epoch)
     if primary:
@@ -349,7 +359,11 @@ def train(args: argparse.Namespace, args_text: str) -> int:
                 _logger.info(f'Eval: {epoch} ' + ' '.join(f'{k}: {v:.4f}' for k, v in eval_metrics.items()))
         if primary:
             lrs = [group['lr'] for group in optimizer.param_groups]
-            utils.update_summary(epoch, train_metrics, eval_metrics, os.path.join(output_dir, 'summary.csv'),
+            if eval_metrics is None and loader_eval is not None:  # same columns on every row
+                row_eval = {k: '' for k in EVAL_KEYS}
+            else:
+                row_eval = eval_metrics
+            utils.update_summary(epoch, train_metrics, row_eval, os.path.join(output_dir, 'summary.csv'),
                                  lr=sum(lrs) / len(lrs))
             metric = (eval_metrics or train_metrics).get(eval_metric)
             best = saver.save_checkpoint(epoch, metric=metric)

@@ -191,3 +191,20 @@ def test_unknown_model(fashion_mnist_dir, capsys):
 def test_resume_from_a_missing_checkpoint(fashion_mnist_dir, capsys, tmp_path):
     expect_usage_error(capsys, FMNIST + ['--data-dir', fashion_mnist_dir, '--resume', str(tmp_path / 'x.pth.tar')],
                        '--resume', 'x.pth.tar')
+
+
+def test_val_interval_keeps_the_summary_columns(tmp_path, fashion_mnist_dir):
+    at = FMNIST.index('--in-chans')
+    flags = FMNIST[:at] + FMNIST[at + 2:]  # no --in-chans: one channel from --input-size 1 28 28
+    code = train_icm.main(flags + ['--data-dir', fashion_mnist_dir, '--output', str(tmp_path), '--experiment', 'vi',
+                                   '--train-samples-per-class', '10', '--eval-samples-per-class', '5',
+                                   '--epochs', '3', '--val-interval', '2', '-b', '20', '--mixup', '0.2', '--icm'])
+    assert code == 0
+    rows = summary_rows(tmp_path / 'vi')
+    assert [r['eval_top1'] != '' for r in rows] == [False, True, True]  # epoch 1 by interval, epoch 2 the last
+    assert all(set(r) == set(rows[0]) and None not in r for r in rows)
+
+
+def test_training_set_smaller_than_a_batch(fashion_mnist_dir, capsys):
+    expect_usage_error(capsys, FMNIST + ['--data-dir', fashion_mnist_dir, '--train-samples-per-class', '3',
+                                         '-b', '64', '--mixup', '0.2'], '30 images', 'fewer than one batch of 64')
