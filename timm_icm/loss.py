@@ -12,7 +12,7 @@ from typing import ContextManager, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 
 from .distributed import gather_rows
 
@@ -60,9 +60,12 @@ def autocast_off(device: torch.device) -> ContextManager:
     return contextlib.nullcontext()
 
 
+_SOFT_TARGET_CE = SoftTargetCrossEntropy()
+
+
 def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with soft targets over the original classes, mean over the batch."""
-    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    """timm's soft-target cross-entropy over the original classes, mean over the batch."""
+    return _SOFT_TARGET_CE(logits, target)
 
 
 def any_row_mixed(target: torch.Tensor) -> torch.Tensor:
