@@ -246,7 +246,8 @@ class ConfigError(ValueError):
     """A config file problem; the message is one line that names the file and the key."""
 
 
-def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
+def coerce_config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A config value converted by its flag's type and checked as the command line would check it."""
     if value is None:
         return None
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
@@ -282,8 +283,8 @@ def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
     return converted if many else converted[0]
 
 
-def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
-    """Read one YAML config, checking every key against the parser's flags and every value's type."""
+def read_config(path: str) -> Dict[str, Any]:
+    """One YAML config file as a mapping of flag destinations (``batch-size`` -> ``batch_size``) to values."""
     if not os.path.isfile(path):
         raise ConfigError(f'config file not found: {path}')
     with open(path) as f:
@@ -295,13 +296,17 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
         return {}
     if not isinstance(cfg, dict):
         raise ConfigError(f'config {path} must be a mapping of flag names to values; got {type(cfg).__name__}')
+    return {str(key).replace('-', '_'): value for key, value in cfg.items()}
+
+
+def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+    """Read one YAML config, checking every key against the parser's flags and every value's type."""
     actions = {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
     out = {}
-    for key, value in cfg.items():
-        dest = str(key).replace('-', '_')
+    for dest, value in read_config(path).items():
         if dest not in actions:
-            raise ConfigError(f'config {path}: unknown key {key!r} (not a flag of train_icm.py; see --help)')
-        out[dest] = _coerce(actions[dest], value, f'config {path}: key {key!r}')
+            raise ConfigError(f'config {path}: unknown key {dest!r} (not a flag of train_icm.py; see --help)')
+        out[dest] = coerce_config_value(actions[dest], value, f'config {path}: key {dest!r}')
     return out
 
 

@@ -46,12 +46,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import yaml
 from timm.data.mixup import FastCollateMixup, Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 from . import datasets as icm_datasets
-from .cli import add_icm_args, check_icm_args
+from .cli import ConfigError, add_icm_args, check_icm_args, coerce_config_value, read_config
 from .factory import create_train_loss
 from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup
 from .subsets import class_counts as count_classes
@@ -132,45 +131,17 @@ def _config_paths(script_argv: Sequence[str]) -> List[str]:
 
 
 def _read_config(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise LaunchError(f'config file not found: {path}')
     try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise LaunchError(f'config {path} is not valid YAML: {" ".join(str(e).split())}') from None
-    if cfg is None:
-        return {}
-    if not isinstance(cfg, dict):
-        raise LaunchError(f'config {path} must be a mapping of flag names to values')
-    return {str(k).replace('-', '_'): v for k, v in cfg.items()}
+        return read_config(path)
+    except ConfigError as e:
+        raise LaunchError(str(e)) from None
 
 
 def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
-    """A config value checked against the flag's type, as the command line would check it."""
-    if action.nargs == 0:
-        if not isinstance(value, bool):
-            raise LaunchError(f'{where} expects true or false; got {value!r}')
-        return value
-    if action.nargs == '+':
-        if value is None:
-            return None
-        if not isinstance(value, (list, tuple)):
-            raise LaunchError(f'{where} expects a list; got {value!r}')
-        return [_convert(action, v, where) for v in value]
-    return _convert(action, value, where)
-
-
-def _convert(action: argparse.Action, value: Any, where: str) -> Any:
-    if isinstance(value, bool) or isinstance(value, (list, dict)):
-        raise LaunchError(f'{where} expects {getattr(action.type, "__name__", "a string")}; got {value!r}')
     try:
-        value = (action.type or str)(value)
-    except (TypeError, ValueError):
-        raise LaunchError(f'{where} expects {getattr(action.type, "__name__", "a value")}; got {value!r}') from None
-    if action.choices is not None and value not in action.choices:
-        raise LaunchError(f'{where} must be one of {", ".join(map(str, action.choices))}; got {value!r}')
-    return value
+        return coerce_config_value(action, value, where)
+    except ConfigError as e:
+        raise LaunchError(str(e)) from None
 
 
 class _ParseFailed(Exception):
