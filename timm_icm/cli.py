@@ -346,8 +346,3 @@ def _check_data_settings(args: argparse.Namespace) -> Optional[str]:
     if args.batch_size < 2 and (args.mixup > 0 or args.cutmix > 0):
         return f'mixing pairs images within a batch: --batch-size must be >= 2; got {args.batch_size}'
     return None
-
-
-def config_keys(args: argparse.Namespace) -> List[str]:
-    """The flag destinations, for tests and docs."""
-    return sorted(vars(args))

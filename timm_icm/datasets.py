@@ -115,7 +115,35 @@ def read_idx(path: str) -> torch.Tensor:
     return torch.from_numpy(arr.astype(dtype.newbyteorder('='), copy=True).reshape(shape))
 
 
-class FashionMNISTIDX(VisionDataset):
+class _ImagesInMemory(VisionDataset):
+    """A split held in memory: ``data`` (uint8 images, HW or HWC), ``targets``, ``train``, ``input_img_mode``.
+
+    Items are ``(PIL image, int)`` as torchvision's datasets give them.
+    """
+    data: Any
+    targets: Any
+    train: bool
+    input_img_mode: Optional[str]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Tuple[Any, Any]:
+        img = Image.fromarray(np.asarray(self.data[index]))
+        if self.input_img_mode and img.mode != self.input_img_mode:
+            img = img.convert(self.input_img_mode)
+        target = int(self.targets[index])
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def extra_repr(self) -> str:
+        return f"Split: {'Train' if self.train else 'Test'}"
+
+
+class FashionMNISTIDX(_ImagesInMemory):
     """Fashion-MNIST read from its original IDX files, without writing anything.
 
     ``root`` is a folder holding the four files directly (Debian's layout) or torchvision's
@@ -173,22 +201,6 @@ class FashionMNISTIDX(VisionDataset):
                 return found[0], found[1]
         return None
 
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> Tuple[Any, Any]:
-        img = Image.fromarray(self.data[index].numpy())
-        if self.input_img_mode and img.mode != self.input_img_mode:
-            img = img.convert(self.input_img_mode)
-        target = int(self.targets[index])
-        if self.transform is not None:
-            img = self.transform(img)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
-
-    def extra_repr(self) -> str:
-        return f"Split: {'Train' if self.train else 'Test'}"
 
 
 def _fmnist_missing(name: str, root: Optional[str], train: bool) -> FileNotFoundError:
@@ -250,7 +262,7 @@ def _decode(v: Any) -> Any:
     return v.decode('latin1') if isinstance(v, bytes) else v
 
 
-class CIFARPickle(VisionDataset):
+class CIFARPickle(_ImagesInMemory):
     """CIFAR-10/100 (or ciFAIR) from the original python-pickle batches.
 
     Behaves like torchvision's ``CIFAR10``/``CIFAR100``: ``data`` is uint8 [N, 32, 32, 3],
@@ -305,22 +317,6 @@ class CIFARPickle(VisionDataset):
             self.classes = [str(i) for i in range(layout['num_classes'])]
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> Tuple[Any, Any]:
-        img = Image.fromarray(self.data[index])
-        if self.input_img_mode and img.mode != self.input_img_mode:
-            img = img.convert(self.input_img_mode)
-        target = self.targets[index]
-        if self.transform is not None:
-            img = self.transform(img)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
-
-    def extra_repr(self) -> str:
-        return f"Split: {'Train' if self.train else 'Test'}"
 
 
 def _cifar_sources(root: str, variant: str) -> List[_Source]:
