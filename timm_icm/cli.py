@@ -9,7 +9,7 @@ Several ``-c`` files compose: later files override earlier ones, the command lin
 """
 import argparse
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 from timm import utils
