@@ -141,7 +141,7 @@ def loss_benchmark(args, device):
                 loss_fn(x, target).backward()
             return run
 
-        inner = max(1, int(2e6 // (batch * classes)))  # small cases: several calls per sample
+        inner = max(3, int(1e7 // (batch * classes)))  # several calls per sample: steadier medians
         timings = time_interleaved([fwd_bwd(fn) for fn in losses.values()], args.loss_repeats, 2, device, inner)
         base = timings[0]
         memory = {k: saved_bytes(fn, logits.detach().requires_grad_(), target) for k, fn in losses.items()}

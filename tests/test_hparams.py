@@ -7,7 +7,6 @@ that names the data set and the folder.
 """
 import contextlib
 import io
-import os
 import re
 import sys
 from pathlib import Path

@@ -9,7 +9,8 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 from timm_icm import InfiniteClassCrossEntropy, infinite_class_cross_entropy
-from timm_icm.loss import any_row_mixed, duplicate_counts
+import timm_icm.loss as icm_loss
+from timm_icm.loss import any_row_mixed, duplicate_counts, softmax_nll
 
 B, C, D = 12, 7, 5
 
@@ -302,3 +303,80 @@ def test_gathered_rows_sparse_equals_dense(axes, num_classes):
         results.append((loss, torch.autograd.grad(loss, logits)[0]))
     torch.testing.assert_close(results[1][0], results[0][0])
     torch.testing.assert_close(results[1][1], results[0][1])
+
+
+def reference_softmax_nll(scores, dim, offset, bias=None):
+    """Plain-autograd logsumexp minus the positive of each line (line k's positive at offset + k)."""
+    shifted = scores if bias is None else scores - bias.unsqueeze(1 - dim)
+    lines = torch.arange(scores.shape[1 - dim])
+    positive = scores[lines + offset, lines] if dim == 0 else scores[lines, lines + offset]
+    return torch.logsumexp(shifted, dim) - positive
+
+
+@pytest.mark.parametrize('dims, shape, offset', [
+    ((0, 1), (9, 9), 0), ((1, 0), (9, 9), 0), ((0,), (12, 5), 4), ((1,), (5, 12), 7)])
+@pytest.mark.parametrize('with_bias', [False, True])
+def test_softmax_nll_values_and_gradients_match_autograd(dims, shape, offset, with_bias):
+    gen = torch.Generator().manual_seed(15)
+    scores = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3).requires_grad_()
+    biases = [torch.rand(shape[dim], generator=gen, dtype=torch.float64) if with_bias and i == 0 else None
+              for i, dim in enumerate(dims)]
+    grads_in = [torch.randn(shape[1 - dim], generator=gen, dtype=torch.float64) for dim in dims]
+    ours = softmax_nll(scores, dims, offset, biases)
+    expected = [reference_softmax_nll(scores, dim, offset, bias) for dim, bias in zip(dims, biases)]
+    for value, reference in zip(ours, expected):
+        torch.testing.assert_close(value, reference)
+    grad = torch.autograd.grad(ours, scores, grads_in)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad(expected, scores, grads_in)[0])
+
+
+def test_loss_is_exact_where_the_positive_softmax_underflows():
+    """Losses of hundreds of nats: the positive's softmax is 0 in float32, the loss must not be inf."""
+    target = mixed_targets(seed=16).float()
+    logits = torch.randn(B, C, generator=torch.Generator().manual_seed(16)) * 300
+    loss = InfiniteClassCrossEntropy()(logits, target).item()
+    scores = logits.double() @ target.double().T
+    diagonal = scores.diagonal()
+    expected = (scores.logsumexp(1) - diagonal).mean() + (scores.logsumexp(0) - diagonal).mean()
+    assert loss > 100
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+
+
+def unmixed_targets(smoothing=0.1, batch_size=B, num_classes=C):
+    labels = torch.randint(0, num_classes, (batch_size,), generator=torch.Generator().manual_seed(17))
+    mixer = Mixup(mixup_alpha=0.2, label_smoothing=smoothing, num_classes=num_classes)
+    mixer.mixup_enabled = False
+    return mixer(torch.zeros(batch_size, 1, 2, 2), labels)[1].double()
+
+
+@pytest.mark.parametrize('target_format', ['dense', 'sparse'])
+def test_unmixed_icm_contrasts_an_unmixed_batch(target_format):
+    target = unmixed_targets()
+    logits = torch.randn(B, C, dtype=torch.float64)
+    loss = infinite_class_cross_entropy(logits, target, target_format=target_format, unmixed='icm')
+    assert loss.item() == pytest.approx(reference_loss(logits, target, 'both'), rel=1e-10)
+    assert loss.item() != pytest.approx(SoftTargetCrossEntropy()(logits, target).item(), rel=1e-3)
+
+
+@pytest.mark.parametrize('target_format', ['dense', 'sparse'])
+@pytest.mark.parametrize('unmixed', ['ce', 'icm'])
+@pytest.mark.parametrize('batch', ['mixed', 'unmixed', 'not-sparse'])
+def test_device_path_equals_host_path(monkeypatch, target_format, unmixed, batch):
+    """Accelerators compute both branches and select on the device; the CPU reads the flag and
+    computes one. Same values and gradients, NaN included."""
+    target = {'mixed': lambda: mixed_targets(seed=18), 'unmixed': unmixed_targets,
+              'not-sparse': lambda: torch.softmax(torch.randn(B, C, dtype=torch.float64), 1)}[batch]()
+    logits = torch.randn(B, C, dtype=torch.float64, requires_grad=True)
+    results = []
+    for host in (True, False):
+        monkeypatch.setattr(icm_loss, 'host_reads_are_free', lambda device: host)
+        loss = infinite_class_cross_entropy(logits, target, target_format=target_format, unmixed=unmixed)
+        results.append((loss, torch.autograd.grad(loss, logits)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0], equal_nan=True)
+    if torch.isfinite(results[0][0]):
+        torch.testing.assert_close(results[0][1], results[1][1])
+
+
+def test_unknown_unmixed_option():
+    with pytest.raises(ValueError, match="unmixed must be one of 'ce', 'icm'; got 'skip'"):
+        InfiniteClassCrossEntropy(unmixed='skip')

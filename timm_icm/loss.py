@@ -8,10 +8,11 @@ so the whole ``B x B`` score matrix is ``S @ Y.T``. The loss is a cross-entropy 
 (contrast a classifier with every mixed image, Eq. 7), or the sum of both (Eq. 9).
 """
 import contextlib
-from typing import ContextManager, NamedTuple, Optional, Tuple
+from typing import ContextManager, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 
 from .distributed import gather_rows
@@ -19,6 +20,7 @@ from .distributed import gather_rows
 AXES = ('both', 'class', 'pair')
 DUPLICATES = ('paper', 'merge')
 TARGET_FORMATS = ('auto', 'dense', 'sparse')
+UNMIXED = ('ce', 'icm')
 
 
 def check_choice(name: str, value: str, choices: Tuple[str, ...]) -> str:
@@ -112,6 +114,7 @@ class MixedTargets(NamedTuple):
     ``target[j] == floor[j] + weights[j, 0] * e(classes[j, 0]) + weights[j, 1] * e(classes[j, 1])``
     holds exactly for every row when ``exact`` (a 0-d tensor) is true. Label smoothing gives the
     floor, the mixing weight (and the smoothing) the two weights; an unmixed row has one weight 0.
+    ``mixed`` (0-d) is true when some row has two classes above its floor.
     """
     floor: torch.Tensor
     weights: torch.Tensor
@@ -121,7 +124,10 @@ class MixedTargets(NamedTuple):
 
 
 def mixed_target_structure(target: torch.Tensor) -> MixedTargets:
-    """Read the floor and the two largest classes of each row; O(B C), no host sync. Needs C >= 3."""
+    """Read the floor and the two largest classes of each row; O(B C), no host sync. Needs C >= 3.
+
+    ``topk`` allocates nothing of size B x C, which at large C makes it faster than any mask.
+    """
     floor = target.amin(dim=1)
     top = target.topk(3, dim=1)
     weights = top.values[:, :2] - floor[:, None]
@@ -129,56 +135,122 @@ def mixed_target_structure(target: torch.Tensor) -> MixedTargets:
                         (weights[:, 1] > 0).any())
 
 
-def dense_scores_t(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``M.T``: ``[classifiers, images]``, ``M[i, j] = S[i] . Y[j]``, image i under row j's classifier (Eq. 2-3)."""
-    return target @ logits.T
+def dense_scores(logits: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """``M[i, j] = S[i] . Y[j]``, image i under row j's classifier (Eq. 2-3), and its classifier dim (1)."""
+    return logits @ target.T, 1
 
 
-class _SparseScoresT(torch.autograd.Function):
-    """``M.T`` from the targets' structure, O(B^2 + B C), with a backward of plain scatter-adds.
+def _transposed(matrix: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """``matrix.T`` made contiguous; on the CPU copied a block of rows at a time, about twice as
+    fast there as one strided copy."""
+    if matrix.device.type != 'cpu':
+        return matrix.t().contiguous()
+    out = matrix.new_empty(matrix.shape[1], matrix.shape[0])
+    for start in range(0, matrix.shape[0], block):
+        out[:, start:start + block] = matrix[start:start + block].t()
+    return out
 
-    ``Mt[j, i] = floor_j * sum_c S[i, c] + w_j1 * S[i, a_j] + w_j2 * S[i, b_j]``. Where C >= B it
-    gathers columns of ``S`` and transposes the small result; where C < B it gathers rows of a
-    copy of ``S.T`` (cheap then), whose backward scatters into few rows. Either way the backward is
-    ``index_add_``: autograd's own backward of a gather (``index_put_``) was several times slower.
+
+class _SparseScores(torch.autograd.Function):
+    """``M`` from the targets' structure, O(B N + B C) not O(B N C), with a backward of scatter-adds.
+
+    ``M[i, j] = floor_j * sum_c S[i, c] + w_j1 * S[i, a_j] + w_j2 * S[i, b_j]``. With ``images_first``
+    (C >= B) it gathers from the rows of ``S`` into ``[images, classifiers]``; otherwise it sums
+    weighted rows of ``S.T`` (an embedding bag; the transposed copy is small then) into
+    ``[classifiers, images]``. Neither reads a large matrix across its strides, and the backward
+    reuses one scratch buffer: on the CPU a fresh large buffer costs about as much as a pass over it.
     """
 
     @staticmethod
-    def forward(ctx, logits, floor, weights, classes):
+    def forward(ctx, logits, floor, weights, classes, images_first):
         ctx.save_for_backward(floor, weights, classes)
-        ctx.num_classes = num_classes = logits.shape[1]
-        ctx.columns = num_classes >= logits.shape[0]
+        ctx.images_first = images_first
+        ctx.num_classes = logits.shape[1]
+        num_images = logits.shape[0]
         row_sums = logits.sum(dim=1)
-        if ctx.columns:
-            scores = torch.outer(row_sums, floor)
-            scores.addcmul_(logits.index_select(1, classes[:, 0]), weights[:, 0])
-            scores.addcmul_(logits.index_select(1, classes[:, 1]), weights[:, 1])
-            return scores.t()
-        logits_t = logits.t().contiguous()
-        scores_t = torch.outer(floor, row_sums)
-        scores_t.addcmul_(logits_t.index_select(0, classes[:, 0]), weights[:, :1])
-        scores_t.addcmul_(logits_t.index_select(0, classes[:, 1]), weights[:, 1:])
-        return scores_t
+        if images_first:
+            scores = logits.gather(1, classes[:, 0].expand(num_images, -1)).mul_(weights[:, 0])
+            scores.addcmul_(logits.gather(1, classes[:, 1].expand(num_images, -1)), weights[:, 1])
+            return scores.addr_(row_sums, floor)
+        scores = F.embedding_bag(classes, _transposed(logits), per_sample_weights=weights, mode='sum')
+        return scores.addr_(floor, row_sums)
 
     @staticmethod
-    def backward(ctx, grad_t):
+    def backward(ctx, grad):
         floor, weights, classes = ctx.saved_tensors
-        grad_row_sums = (floor @ grad_t)[:, None]
-        if ctx.columns:
-            grad = grad_t.t()
-            grad_logits = grad_row_sums.expand(-1, ctx.num_classes).contiguous()
-            grad_logits.index_add_(1, classes[:, 0], grad * weights[:, 0])
-            grad_logits.index_add_(1, classes[:, 1], grad * weights[:, 1])
-            return grad_logits, None, None, None
-        grad_logits_t = grad_t.new_zeros(ctx.num_classes, grad_t.shape[1])
-        grad_logits_t.index_add_(0, classes[:, 0], grad_t * weights[:, :1])
-        grad_logits_t.index_add_(0, classes[:, 1], grad_t * weights[:, 1:])
-        return grad_logits_t.t() + grad_row_sums, None, None, None
+        scratch = torch.empty_like(grad)
+        if ctx.images_first:
+            num_images = grad.shape[0]
+            grad_logits = (grad @ floor)[:, None].expand(num_images, ctx.num_classes).contiguous()
+            for k in range(2):
+                torch.mul(grad, weights[:, k], out=scratch)
+                grad_logits.scatter_add_(1, classes[:, k].expand(num_images, -1), scratch)
+            return grad_logits, None, None, None, None
+        grad_logits_t = grad.new_zeros(ctx.num_classes, grad.shape[1])
+        for k in range(2):
+            torch.mul(grad, weights[:, k, None], out=scratch)
+            grad_logits_t.index_add_(0, classes[:, k], scratch)
+        return _transposed(grad_logits_t).add_((floor @ grad)[:, None]), None, None, None, None
 
 
-def sparse_scores_t(logits: torch.Tensor, targets: MixedTargets) -> torch.Tensor:
-    """:func:`dense_scores_t` for targets of :class:`MixedTargets` structure, O(B^2 + B C) not O(B^2 C)."""
-    return _SparseScoresT.apply(logits, targets.floor, targets.weights, targets.classes)
+def sparse_scores(logits: torch.Tensor, targets: MixedTargets) -> Tuple[torch.Tensor, int]:
+    """:func:`dense_scores` for targets of :class:`MixedTargets` structure, in the cheaper layout."""
+    images_first = 2 * logits.shape[1] >= logits.shape[0]
+    scores = _SparseScores.apply(logits, targets.floor, targets.weights, targets.classes, images_first)
+    return scores, 1 if images_first else 0
+
+
+def _positives(scores: torch.Tensor, dim: int, offset: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Index of each line's positive: line k runs along ``dim`` at index k of the other dim, and its
+    positive sits at ``offset + k`` along ``dim``."""
+    lines = torch.arange(scores.shape[1 - dim], device=scores.device)
+    return (lines + offset, lines) if dim == 0 else (lines, lines + offset)
+
+
+class _SoftmaxNLL(torch.autograd.Function):
+    """``logsumexp(scores - bias, dim) - positive`` of every line, for one or both dims of a matrix.
+
+    The forward keeps each softmax, so the backward is one buffer: the softmaxes scaled by the
+    incoming gradients, minus them at the positives. The logsumexp comes from the softmax too: at
+    a line's largest score the softmax is ``1 / sum(exp(score - max)) >= 1 / L``, which cannot
+    underflow, so ``lse = max - log(max softmax)`` costs two reads instead of another exp pass.
+    """
+
+    @staticmethod
+    def forward(ctx, scores, dims, biases, offset):
+        probs, nlls = [], []
+        for dim, bias in zip(dims, biases):
+            shifted = scores if bias is None else scores - bias.unsqueeze(1 - dim)
+            prob = torch.softmax(shifted, dim)
+            lse = shifted.amax(dim) - prob.amax(dim).log()
+            probs.append(prob)
+            nlls.append(lse - scores[_positives(scores, dim, offset)])
+        ctx.save_for_backward(*probs)
+        ctx.dims, ctx.offset = dims, offset
+        return tuple(nlls)
+
+    @staticmethod
+    def backward(ctx, *grad_nlls):
+        grad = None
+        for dim, prob, grad_nll in zip(ctx.dims, ctx.saved_tensors, grad_nlls):
+            if grad is None:
+                grad = prob * grad_nll.unsqueeze(dim)
+            else:
+                grad.addcmul_(prob, grad_nll.unsqueeze(dim))
+            grad[_positives(prob, dim, ctx.offset)] -= grad_nll
+        return grad, None, None, None
+
+
+def softmax_nll(scores: torch.Tensor, dims: Sequence[int], offset: int = 0,
+                biases: Optional[Sequence[Optional[torch.Tensor]]] = None) -> Tuple[torch.Tensor, ...]:
+    """For each dim, ``logsumexp(scores - bias, dim) - positive`` of every line along it (see
+    :func:`_positives`); ``bias`` (one value per index along ``dim``) shifts the normaliser only."""
+    return _SoftmaxNLL.apply(scores, tuple(dims), tuple(biases or [None] * len(dims)), offset)
+
+
+def host_reads_are_free(device: torch.device) -> bool:
+    """On the CPU, reading a tensor's value on the host waits for nothing; elsewhere it syncs."""
+    return device.type == 'cpu'
 
 
 def infinite_class_cross_entropy(
@@ -187,6 +259,7 @@ def infinite_class_cross_entropy(
         axes: str = 'both',
         duplicates: str = 'paper',
         target_format: str = 'dense',
+        unmixed: str = 'ce',
         *,
         all_logits: Optional[torch.Tensor] = None,
         all_target: Optional[torch.Tensor] = None,
@@ -204,18 +277,22 @@ def infinite_class_cross_entropy(
         target_format: ``'dense'`` computes ``M`` as a matrix product, right for any soft targets;
             ``'sparse'`` builds it from the floor and two classes of each row (timm's mixed targets,
             see :class:`MixedTargets`), and gives NaN if some row has more classes.
-            Both hold ``M`` transposed, classifiers by images.
+        unmixed: a batch in which no row is mixed (``--mixup-prob`` < 1, ``--mixup-off-epoch``)
+            gets ``'ce'``, the soft-target cross-entropy over the original classes, or ``'icm'``,
+            the same contrast as a mixed batch (over the classes present in the batch).
         all_logits, all_target: the global batch ``[N, C]`` when each process of a distributed run
             contrasts its rows with every row of every process. ``logits``/``target`` are then this
             process's rows, found at ``offset`` in the global batch; the loss is the mean over them.
 
-    Falls back to the soft-target cross-entropy over the original classes when no row of the
-    (global) batch is mixed, or when it has fewer than two rows: there is nothing to contrast.
-    Computed in float32 (or wider) whatever the autocast dtype.
+    A batch of fewer than two rows has nothing to contrast and gets the soft-target cross-entropy.
+    Computed in float32 (or wider) whatever the autocast dtype. On accelerators nothing is read on
+    the host: both branches are computed and one is selected on the device. On the CPU, where a
+    read costs no sync, only the branch in use is computed.
     """
     check_choice('axes', axes, AXES)
     check_choice('duplicates', duplicates, DUPLICATES)
     check_choice('target_format', target_format, TARGET_FORMATS[1:])
+    check_choice('unmixed', unmixed, UNMIXED)
     check_logits_and_targets(logits, target, 'InfiniteClassCrossEntropy')
     dtype = torch.promote_types(logits.dtype, torch.float32)
     with autocast_off(logits.device):
@@ -226,36 +303,41 @@ def infinite_class_cross_entropy(
         if all_target.shape[0] < 2:
             return soft_target_cross_entropy(logits, target)
         if target_format == 'sparse' and target.shape[1] >= 3:
-            scores_t = sparse_scores_t
+            scores = sparse_scores
             classifiers = mixed_target_structure(all_target)
             my_classifiers = mixed_target_structure(target) if gathered else classifiers
             mixed, exact = classifiers.mixed, classifiers.exact
         else:
-            scores_t = dense_scores_t
+            scores = dense_scores
             classifiers, my_classifiers = all_target, target
             mixed, exact = any_row_mixed(all_target), None
-        # Transposed score matrices, rows = classifiers: every classifier x my images [N, b] for
-        # the class axis, my classifiers x every image [b, N] for the pair axis; one [B, B] unless gathered.
-        if gathered:
-            class_t = scores_t(logits, classifiers) if axes != 'pair' else None
-            pair_t = scores_t(all_logits, my_classifiers) if axes != 'class' else None
+        fall_back = unmixed == 'ce'
+        if fall_back and host_reads_are_free(logits.device):
+            # mixed is a function of the global batch, so every process takes the same branch.
+            if not bool(mixed):
+                loss = soft_target_cross_entropy(logits, target)
+                return loss if exact is None else torch.where(exact, loss, torch.full_like(loss, float('nan')))
+            fall_back = False
+        if gathered:  # every classifier x my images for Eq. 5, my classifiers x every image for Eq. 7
+            class_scores = scores(logits, classifiers) if axes != 'pair' else None
+            pair_scores = scores(all_logits, my_classifiers) if axes != 'class' else None
         else:
-            class_t = pair_t = scores_t(logits, classifiers)
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        positives = rows + offset
-        loss = logits.new_zeros(())
+            class_scores = pair_scores = scores(logits, classifiers)
+        terms = []  # (score matrix, the dim to normalise over, a bias on that dim's normaliser)
         if axes != 'pair':  # Eq. 5: each image over every interpolated classifier
-            own = class_t[positives, rows]
-            normaliser = class_t
-            if duplicates == 'merge':
-                normaliser = class_t - duplicate_counts(all_target).log()[:, None]
-            loss = loss + (torch.logsumexp(normaliser, dim=0) - own).mean()
+            matrix, classifier_dim = class_scores
+            merge = duplicates == 'merge'
+            terms.append((matrix, classifier_dim, duplicate_counts(all_target).log() if merge else None))
         if axes != 'class':  # Eq. 7: each interpolated classifier over every image
-            own = pair_t[rows, positives]
-            loss = loss + (torch.logsumexp(pair_t, dim=1) - own).mean()
-        # Soft-target CE from the same diagonal: -sum_c y_c log p_c = sum(y) lse(s) - y . s
-        plain = (target.sum(dim=1) * torch.logsumexp(logits, dim=1) - own).mean()
-        loss = torch.where(mixed, loss, plain)
+            matrix, classifier_dim = pair_scores
+            terms.append((matrix, 1 - classifier_dim, None))
+        if gathered:
+            nlls = [softmax_nll(matrix, [dim], offset, [bias])[0] for matrix, dim, bias in terms]
+        else:  # one matrix: both axes in one pass, one gradient buffer
+            nlls = softmax_nll(terms[0][0], [dim for _, dim, _ in terms], offset, [bias for _, _, bias in terms])
+        loss = sum(nll.mean() for nll in nlls)
+        if fall_back:
+            loss = torch.where(mixed, loss, soft_target_cross_entropy(logits, target))
         if exact is not None:
             loss = torch.where(exact, loss, torch.full_like(loss, float('nan')))
         return loss
@@ -276,15 +358,18 @@ class InfiniteClassCrossEntropy(nn.Module):
             ``'auto'`` (default): checks the first batch's targets once (one host sync, at the first
             call only) and keeps the answer. A later batch whose targets do not fit the sparse
             structure gives a NaN loss rather than a wrong one.
+        unmixed: what a batch without any mixed row gets: ``'ce'`` (default), the soft-target
+            cross-entropy over the original classes; ``'icm'``, the contrast all the same.
     """
 
     def __init__(self, axes: str = 'both', duplicates: str = 'paper', gather_distributed: bool = False,
-                 target_format: str = 'auto'):
+                 target_format: str = 'auto', unmixed: str = 'ce'):
         super().__init__()
         self.axes = check_choice('axes', axes, AXES)
         self.duplicates = check_choice('duplicates', duplicates, DUPLICATES)
         self.gather_distributed = bool(gather_distributed)
         self.target_format = check_choice('target_format', target_format, TARGET_FORMATS)
+        self.unmixed = check_choice('unmixed', unmixed, UNMIXED)
 
     def _resolve_format(self, target: torch.Tensor) -> str:
         if self.target_format == 'auto' and isinstance(target, torch.Tensor) and target.dim() == 2:
@@ -298,10 +383,10 @@ class InfiniteClassCrossEntropy(nn.Module):
         if self.gather_distributed:
             all_logits, all_target, offset = gather_rows(logits, target)
             return infinite_class_cross_entropy(
-                logits, target, self.axes, self.duplicates, target_format,
+                logits, target, self.axes, self.duplicates, target_format, self.unmixed,
                 all_logits=all_logits, all_target=all_target, offset=offset)
-        return infinite_class_cross_entropy(logits, target, self.axes, self.duplicates, target_format)
+        return infinite_class_cross_entropy(logits, target, self.axes, self.duplicates, target_format, self.unmixed)
 
     def extra_repr(self) -> str:
-        return (f'axes={self.axes!r}, duplicates={self.duplicates!r}, '
-                f'gather_distributed={self.gather_distributed}, target_format={self.target_format!r}')
+        return (f'axes={self.axes!r}, duplicates={self.duplicates!r}, gather_distributed={self.gather_distributed}, '
+                f'target_format={self.target_format!r}, unmixed={self.unmixed!r}')
