@@ -42,12 +42,17 @@ METHODS = {
     'IC-RegMixup': ('icregmixup.yaml', []),
     'Remix': ('remix.yaml', []),
     'IC-Remix': ('icremix.yaml', []),
+    # Half the batches unmixed (--mixup-prob 0.5, batch mode): what should ICM do with them?
+    'Mixup p=0.5': ('mixup.yaml', ['--mixup-prob', '0.5']),
+    'IC-Mixup p=0.5': ('icmixup.yaml', ['--mixup-prob', '0.5']),
+    'IC-Mixup p=0.5 (unmixed icm)': ('icmixup.yaml', ['--mixup-prob', '0.5', '--icm-unmixed', 'icm']),
 }
 BALANCED_ONLY = {'RegMixup', 'IC-RegMixup'}  # the paper pairs RegMixup with the balanced/constrained sets
 LONG_TAIL_ONLY = {'Remix', 'IC-Remix'}  # Remix equals Mixup on balanced data
 PAIRS = [('IC-Mixup', 'Mixup'), ('IC-Mixup (class)', 'Mixup'), ('IC-Mixup (pair)', 'Mixup'),
          ('IC-Mixup (merge)', 'Mixup'), ('IC-Mixup (merge)', 'IC-Mixup'), ('IC-RegMixup', 'RegMixup'),
-         ('IC-Remix', 'Remix'), ('Mixup', 'ERM')]
+         ('IC-Remix', 'Remix'), ('Mixup', 'ERM'), ('IC-Mixup p=0.5', 'Mixup p=0.5'),
+         ('IC-Mixup p=0.5 (unmixed icm)', 'Mixup p=0.5'), ('IC-Mixup p=0.5 (unmixed icm)', 'IC-Mixup p=0.5')]
 # The paper's deltas (accuracy points) for the comparison each setting mirrors.
 PAPER_DELTAS = {
     ('IC-Mixup', 'Mixup'): 'Table 1 right, CIFAR-100: +0.57 (100 %), +0.50 (50 %), +0.80 (25 %), +1.98 (10 %); '
@@ -200,7 +205,7 @@ def main(argv=None) -> int:
             for i, row in enumerate(pool.imap_unordered(run_one, jobs), 1):
                 rows.append(row)
                 eta = (time.time() - start) / i * (len(jobs) - i) / 60
-                print(f'[{i}/{len(jobs)}] {row["setting"]:>8} {row["method"]:<17} seed {row["seed"]}: '
+                print(f'[{i}/{len(jobs)}] {row["setting"]:>8} {row["method"]:<28} seed {row["seed"]}: '
                       f'top-1 {row["top1"]:.2f} ({row["seconds"]:.0f} s; ~{eta:.1f} min left)', flush=True)
     minutes = (time.time() - start) / 60
     rows.sort(key=lambda r: (list(SETTINGS).index(r['setting']), list(METHODS).index(r['method']), r['seed']))

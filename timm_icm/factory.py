@@ -42,7 +42,8 @@ def create_train_loss(args: argparse.Namespace) -> nn.Module:
     """ICM or soft-target CE for mixed batches, wrapped for RegMixup's clean + mixed layout."""
     if args.icm:
         loss = InfiniteClassCrossEntropy(
-            axes=args.icm_axes, duplicates=args.icm_duplicates, gather_distributed=args.icm_gather)
+            axes=args.icm_axes, duplicates=args.icm_duplicates, gather_distributed=args.icm_gather,
+            unmixed=args.icm_unmixed)
     else:
         loss = SoftTargetCrossEntropy()
     if args.regmixup:
