@@ -155,7 +155,7 @@ class _SparseScores(torch.autograd.Function):
     """``M`` from the targets' structure, O(B N + B C) not O(B N C), with a backward of scatter-adds.
 
     ``M[i, j] = floor_j * sum_c S[i, c] + w_j1 * S[i, a_j] + w_j2 * S[i, b_j]``. With ``images_first``
-    (C >= B) it gathers from the rows of ``S`` into ``[images, classifiers]``; otherwise it sums
+    (C >= B / 2) it gathers from the rows of ``S`` into ``[images, classifiers]``; otherwise it sums
     weighted rows of ``S.T`` (an embedding bag; the transposed copy is small then) into
     ``[classifiers, images]``. Neither reads a large matrix across its strides, and the backward
     reuses one scratch buffer: on the CPU a fresh large buffer costs about as much as a pass over it.
