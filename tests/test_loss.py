@@ -204,8 +204,8 @@ def test_no_value_is_read_on_the_host():
     target = torch.empty(B, C, device='meta')
     for axes in ('both', 'class', 'pair'):
         for duplicates in ('paper', 'merge'):
-            for target_format in ('dense', 'sparse'):
-                loss = infinite_class_cross_entropy(logits, target, axes, duplicates, target_format)
+            for target_format, unmixed in (('dense', 'ce'), ('sparse', 'ce'), ('sparse', 'icm')):
+                loss = infinite_class_cross_entropy(logits, target, axes, duplicates, target_format, unmixed)
                 loss.backward()
                 assert loss.shape == () and logits.grad.shape == (B, C)
 
