@@ -310,7 +310,7 @@ def infinite_class_cross_entropy(
         else:
             scores = dense_scores
             classifiers, my_classifiers = all_target, target
-            mixed, exact = any_row_mixed(all_target), None
+            mixed, exact = any_row_mixed(all_target) if unmixed == 'ce' else None, None
         fall_back = unmixed == 'ce'
         if fall_back and host_reads_are_free(logits.device):
             # mixed is a function of the global batch, so every process takes the same branch.
