@@ -44,15 +44,19 @@ METHODS = {
     'IC-Remix': ('icremix.yaml', []),
     # Half the batches unmixed (--mixup-prob 0.5, batch mode): what should ICM do with them?
     'Mixup p=0.5': ('mixup.yaml', ['--mixup-prob', '0.5']),
-    'IC-Mixup p=0.5': ('icmixup.yaml', ['--mixup-prob', '0.5']),
+    'IC-Mixup p=0.5 (unmixed ce)': ('icmixup.yaml', ['--mixup-prob', '0.5', '--icm-unmixed', 'ce']),
     'IC-Mixup p=0.5 (unmixed icm)': ('icmixup.yaml', ['--mixup-prob', '0.5', '--icm-unmixed', 'icm']),
+    # Ablation: the batch contrast alone, never mixing (every batch unmixed, contrasted all the same).
+    'ICM contrast, no mixing': ('icmixup.yaml', ['--mixup-prob', '0', '--icm-unmixed', 'icm']),
 }
 BALANCED_ONLY = {'RegMixup', 'IC-RegMixup'}  # the paper pairs RegMixup with the balanced/constrained sets
 LONG_TAIL_ONLY = {'Remix', 'IC-Remix'}  # Remix equals Mixup on balanced data
 PAIRS = [('IC-Mixup', 'Mixup'), ('IC-Mixup (class)', 'Mixup'), ('IC-Mixup (pair)', 'Mixup'),
          ('IC-Mixup (merge)', 'Mixup'), ('IC-Mixup (merge)', 'IC-Mixup'), ('IC-RegMixup', 'RegMixup'),
-         ('IC-Remix', 'Remix'), ('Mixup', 'ERM'), ('IC-Mixup p=0.5', 'Mixup p=0.5'),
-         ('IC-Mixup p=0.5 (unmixed icm)', 'Mixup p=0.5'), ('IC-Mixup p=0.5 (unmixed icm)', 'IC-Mixup p=0.5')]
+         ('IC-Remix', 'Remix'), ('Mixup', 'ERM'), ('IC-Mixup p=0.5 (unmixed ce)', 'Mixup p=0.5'),
+         ('IC-Mixup p=0.5 (unmixed icm)', 'Mixup p=0.5'),
+         ('IC-Mixup p=0.5 (unmixed icm)', 'IC-Mixup p=0.5 (unmixed ce)'),
+         ('ICM contrast, no mixing', 'ERM'), ('IC-Mixup', 'ICM contrast, no mixing')]
 # The paper's deltas (accuracy points) for the comparison each setting mirrors.
 PAPER_DELTAS = {
     ('IC-Mixup', 'Mixup'): 'Table 1 right, CIFAR-100: +0.57 (100 %), +0.50 (50 %), +0.80 (25 %), +1.98 (10 %); '
@@ -191,6 +195,8 @@ def main(argv=None) -> int:
     parser.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results'))
+    parser.add_argument('--name', help='file stem of the results (default: gains, gains-quick, or '
+                                       'gains-selection for chosen settings/methods)')
     args = parser.parse_args(argv)
     settings, methods, seeds = args.settings, args.methods, args.seeds
     if args.quick:
@@ -209,7 +215,8 @@ def main(argv=None) -> int:
                       f'top-1 {row["top1"]:.2f} ({row["seconds"]:.0f} s; ~{eta:.1f} min left)', flush=True)
     minutes = (time.time() - start) / 60
     rows.sort(key=lambda r: (list(SETTINGS).index(r['setting']), list(METHODS).index(r['method']), r['seed']))
-    stem = 'gains-quick' if args.quick else 'gains'
+    stem = args.name or ('gains-quick' if args.quick else 'gains' if (methods, settings) == (
+        list(METHODS), list(SETTINGS)) else 'gains-selection')
     with open(os.path.join(args.out, f'{stem}.csv'), 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -163,14 +163,14 @@ def test_main_help_and_usage(capsys):
 def test_patch_timm_replaces_and_restores():
     originals = (timm.data.Mixup, timm.data.FastCollateMixup, timm.loss.SoftTargetCrossEntropy,
                  timm.data.create_dataset, timm.data.create_loader, timm.data.loader.PrefetchLoader.__iter__)
-    with launch.patch_timm(icm=True, icm_axes='class', icm_unmixed='icm') as patched:
+    with launch.patch_timm(icm=True, icm_axes='class', icm_unmixed='ce') as patched:
         from timm.data import FastCollateMixup, Mixup
         from timm.loss import SoftTargetCrossEntropy
         mixer = Mixup(mixup_alpha=0.2, num_classes=4)
         collate = FastCollateMixup(mixup_alpha=0.2, num_classes=4)
         loss = SoftTargetCrossEntropy()
         assert isinstance(mixer, InfiniteClassMixup) and isinstance(collate, FastCollateInfiniteClassMixup)
-        assert isinstance(loss, InfiniteClassCrossEntropy) and (loss.axes, loss.unmixed) == ('class', 'icm')
+        assert isinstance(loss, InfiniteClassCrossEntropy) and (loss.axes, loss.unmixed) == ('class', 'ce')
         assert patched.mixers == [mixer, collate] and patched.losses == [loss]
         assert {'timm.data.Mixup', 'timm.data.FastCollateMixup', 'timm.loss.SoftTargetCrossEntropy'} \
             <= set(patched.targets)
@@ -225,7 +225,7 @@ def test_parse_icm_args_reads_the_scripts_config(tmp_path):
 
 @pytest.mark.parametrize('argv, message', [
     (['--mixup', '0.2', '--icm-axes', 'class'], '--icm-axes only applies to the ICM loss: add --icm'),
-    (['--mixup', '0.2', '--icm-unmixed', 'icm'], '--icm-unmixed only applies to the ICM loss: add --icm'),
+    (['--mixup', '0.2', '--icm-unmixed', 'ce'], '--icm-unmixed only applies to the ICM loss: add --icm'),
     (['--mixup', '0.2', '--icm', '--icm-unmixed', 'skip'], "invalid choice: 'skip'"),
     (['--mixup', '0.2', '--icm', '--bce-loss'], '--bce-loss and --icm are two different losses'),
     (['--mixup', '0.2', '--icm-axes', 'sideways'], "invalid choice: 'sideways'"),

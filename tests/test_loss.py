@@ -159,14 +159,14 @@ def test_duplicate_counts():
 
 
 @pytest.mark.parametrize('smoothing', [0.0, 0.1])
-def test_unmixed_batch_falls_back_to_soft_target_ce(smoothing):
+def test_unmixed_ce_falls_back_to_soft_target_ce(smoothing):
     labels = torch.randint(0, C, (B,))
     mixer = Mixup(mixup_alpha=0.2, label_smoothing=smoothing, num_classes=C)
     mixer.mixup_enabled = False  # what timm's train loop does past --mixup-off-epoch
     _, target = mixer(torch.zeros(B, 1, 2, 2), labels)
     assert not any_row_mixed(target)
     logits = torch.randn(B, C, requires_grad=True)
-    loss = InfiniteClassCrossEntropy()(logits, target)
+    loss = InfiniteClassCrossEntropy(unmixed='ce')(logits, target)
     expected = SoftTargetCrossEntropy()(logits, target)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     (grad,) = torch.autograd.grad(loss, logits)
@@ -353,7 +353,7 @@ def unmixed_targets(smoothing=0.1, batch_size=B, num_classes=C):
 def test_unmixed_icm_contrasts_an_unmixed_batch(target_format):
     target = unmixed_targets()
     logits = torch.randn(B, C, dtype=torch.float64)
-    loss = infinite_class_cross_entropy(logits, target, target_format=target_format, unmixed='icm')
+    loss = infinite_class_cross_entropy(logits, target, target_format=target_format)  # unmixed='icm' by default
     assert loss.item() == pytest.approx(reference_loss(logits, target, 'both'), rel=1e-10)
     assert loss.item() != pytest.approx(SoftTargetCrossEntropy()(logits, target).item(), rel=1e-3)
 

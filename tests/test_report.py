@@ -13,7 +13,7 @@ from timm_icm import report
     (dict(mixup=20, regmixup=True, icm=True), 'IC-RegMixup'),
     (dict(mixup=0.2, remix=True), 'Remix'),
     (dict(cutmix=1.0, icm=True, icm_duplicates='merge'), 'IC-CutMix (merge)'),
-    (dict(mixup=0.2, icm=True, icm_unmixed='icm'), 'IC-Mixup (unmixed icm)'),
+    (dict(mixup=0.2, icm=True, icm_unmixed='ce'), 'IC-Mixup (unmixed ce)'),
 ])
 def test_method_name(args, name):
     assert report.method_name(args) == name

@@ -28,9 +28,9 @@ def add_icm_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                        help='Contrastive axes of the ICM loss: both (Eq. 9), class (Eq. 5) or pair (Eq. 7).')
     group.add_argument('--icm-duplicates', default='paper', choices=DUPLICATES,
                        help='paper: count equal targets separately; merge: class axis over distinct targets.')
-    group.add_argument('--icm-unmixed', default='ce', choices=UNMIXED,
-                       help='A batch with no mixed row (--mixup-prob < 1, --mixup-off-epoch): ce, the soft-target '
-                            'cross-entropy; icm, the contrast all the same.')
+    group.add_argument('--icm-unmixed', default='icm', choices=UNMIXED,
+                       help='A batch with no mixed row (--mixup-prob < 1, --mixup-off-epoch): icm, the contrast '
+                            'all the same (default); ce, the soft-target cross-entropy.')
     group.add_argument('--icm-gather', action='store_true', default=False,
                        help='Distributed: contrast against the global batch (all-gather) instead of the local one.')
     group.add_argument('--regmixup', action='store_true', default=False,
@@ -52,7 +52,7 @@ def check_icm_args(args: argparse.Namespace) -> Optional[str]:
     for flag in ('icm', 'regmixup', 'remix'):
         if getattr(args, flag) and not mixup_active:
             return f'--{flag} needs mixing: set --mixup ALPHA and/or --cutmix ALPHA (the paper uses --mixup 0.2)'
-    defaults = {'icm_axes': 'both', 'icm_duplicates': 'paper', 'icm_unmixed': 'ce', 'icm_gather': False}
+    defaults = {'icm_axes': 'both', 'icm_duplicates': 'paper', 'icm_unmixed': 'icm', 'icm_gather': False}
     for dest, default in defaults.items():
         if getattr(args, dest) != default and not args.icm:
             return f'--{dest.replace("_", "-")} only applies to the ICM loss: add --icm'

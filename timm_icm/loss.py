@@ -259,7 +259,7 @@ def infinite_class_cross_entropy(
         axes: str = 'both',
         duplicates: str = 'paper',
         target_format: str = 'dense',
-        unmixed: str = 'ce',
+        unmixed: str = 'icm',
         *,
         all_logits: Optional[torch.Tensor] = None,
         all_target: Optional[torch.Tensor] = None,
@@ -278,8 +278,8 @@ def infinite_class_cross_entropy(
             ``'sparse'`` builds it from the floor and two classes of each row (timm's mixed targets,
             see :class:`MixedTargets`), and gives NaN if some row has more classes.
         unmixed: a batch in which no row is mixed (``--mixup-prob`` < 1, ``--mixup-off-epoch``)
-            gets ``'ce'``, the soft-target cross-entropy over the original classes, or ``'icm'``,
-            the same contrast as a mixed batch (over the classes present in the batch).
+            gets ``'icm'``, the same contrast as a mixed batch (over the classes present in the
+            batch), or ``'ce'``, the soft-target cross-entropy over the original classes.
         all_logits, all_target: the global batch ``[N, C]`` when each process of a distributed run
             contrasts its rows with every row of every process. ``logits``/``target`` are then this
             process's rows, found at ``offset`` in the global batch; the loss is the mean over them.
@@ -358,12 +358,13 @@ class InfiniteClassCrossEntropy(nn.Module):
             ``'auto'`` (default): checks the first batch's targets once (one host sync, at the first
             call only) and keeps the answer. A later batch whose targets do not fit the sparse
             structure gives a NaN loss rather than a wrong one.
-        unmixed: what a batch without any mixed row gets: ``'ce'`` (default), the soft-target
-            cross-entropy over the original classes; ``'icm'``, the contrast all the same.
+        unmixed: what a batch without any mixed row gets: ``'icm'`` (default), the contrast all
+            the same; ``'ce'``, the soft-target cross-entropy over the original classes. The default
+            is measured: ``benchmarks/gains.py``, the README's "What ICM gains".
     """
 
     def __init__(self, axes: str = 'both', duplicates: str = 'paper', gather_distributed: bool = False,
-                 target_format: str = 'auto', unmixed: str = 'ce'):
+                 target_format: str = 'auto', unmixed: str = 'icm'):
         super().__init__()
         self.axes = check_choice('axes', axes, AXES)
         self.duplicates = check_choice('duplicates', duplicates, DUPLICATES)

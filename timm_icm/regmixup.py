@@ -17,6 +17,12 @@ def stack_clean_and_mixed(clean_target: torch.Tensor, mixed_target: torch.Tensor
     return torch.stack((clean_target, mixed_target))
 
 
+def _clean_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    with autocast_off(logits.device):
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        return soft_target_cross_entropy(logits.to(dtype), target.to(dtype))
+
+
 class RegMixupLoss(nn.Module):
     """``CE(clean) + weight * mixed_loss(mixed)`` for batches laid out by a ``regmixup=True`` mixer.
 
@@ -36,8 +42,11 @@ class RegMixupLoss(nn.Module):
         self.weight = float(weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if not isinstance(target, torch.Tensor) or target.dim() != 3:
-            return self.mixed_loss(logits, target)  # mixing switched off: the clean batch alone
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f'RegMixupLoss expects soft targets as a tensor; got {type(target).__name__}')
+        if target.dim() == 2:
+            check_logits_and_targets(logits, target, 'RegMixupLoss')
+            return _clean_cross_entropy(logits, target)  # mixing switched off: the clean batch alone
         if target.shape[0] != 2 or not isinstance(logits, torch.Tensor) or logits.dim() != 2 \
                 or logits.shape[0] != 2 * target.shape[1]:
             raise ValueError(
@@ -46,10 +55,7 @@ class RegMixupLoss(nn.Module):
         batch_size = target.shape[1]
         clean_logits, mixed_logits = logits[:batch_size], logits[batch_size:]
         check_logits_and_targets(clean_logits, target[0], 'RegMixupLoss')
-        with autocast_off(logits.device):
-            dtype = torch.promote_types(logits.dtype, torch.float32)
-            clean = soft_target_cross_entropy(clean_logits.to(dtype), target[0].to(dtype))
-        return clean + self.weight * self.mixed_loss(mixed_logits, target[1])
+        return _clean_cross_entropy(clean_logits, target[0]) + self.weight * self.mixed_loss(mixed_logits, target[1])
 
     def extra_repr(self) -> str:
         return f'weight={self.weight}'

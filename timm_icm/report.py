@@ -24,8 +24,8 @@ def method_name(args: Dict) -> str:
     suffix = {'class': ' (class axis)', 'pair': ' (pair axis)'}.get(args.get('icm_axes', 'both'), '')
     if args.get('icm_duplicates') == 'merge':
         suffix += ' (merge)'
-    if args.get('icm_unmixed') == 'icm':
-        suffix += ' (unmixed icm)'
+    if args.get('icm_unmixed') == 'ce':
+        suffix += ' (unmixed ce)'
     return f'IC-{base}{suffix}'
 
 
