@@ -41,8 +41,10 @@ STEP_CASES = [  # (model, kwargs, image size, batch, classes)
     ('vit_tiny_patch16_224', dict(img_size=32, patch_size=4), 32, 128, 1000),
 ]
 GPU_STEP_CASES = [  # the issue's accelerator cases, synthetic data
+    ('resnet34_cifar', {}, 32, 128, 10),
     ('resnet34_cifar', {}, 32, 128, 100),
     ('vit_small_patch16_224', dict(img_size=32, patch_size=4), 32, 256, 100),
+    ('vit_small_patch16_224', dict(img_size=32, patch_size=4), 32, 256, 1000),
 ]
 LOSS_CASES = [(128, 100), (128, 1000), (128, 21843), (1024, 100), (1024, 1000), (1024, 21843)]
 
@@ -104,8 +106,9 @@ def step_benchmark(args, device):
                 optimizer.step()
             return run
 
+        inner = args.step_inner or (1 if device.type == 'cpu' else 20)  # one GPU step is too short to time
         mixup, icm = time_interleaved([step(SoftTargetCrossEntropy()), step(InfiniteClassCrossEntropy())],
-                                      args.step_repeats, 1, device)
+                                      args.step_repeats, 1, device, inner)
         rows.append(dict(model=name, image=size, batch=batch, classes=classes, mixup_ms=1e3 * mixup,
                          icm_ms=1e3 * icm, ratio=icm / mixup))
         print(f'step {name} B={batch} C={classes}: Mixup {1e3 * mixup:.1f} ms, ICM {1e3 * icm:.1f} ms, '
@@ -128,6 +131,16 @@ def saved_bytes(loss_fn, logits, target):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss_fn(logits, target)
     return total
+
+
+def peak_bytes(fn, device):
+    """Peak bytes the device allocator holds during ``fn()`` above what it held before (CUDA only)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def loss_benchmark(args, device):
@@ -154,6 +167,10 @@ def loss_benchmark(args, device):
                    icm_ratio=timings[1] / base, icm_dense_ratio=timings[2] / base,
                    soft_ce_saved_mib=memory['soft_ce'] / 2 ** 20, icm_saved_mib=memory['icm'] / 2 ** 20,
                    extra_saved_b2=(memory['icm'] - memory['soft_ce']) / (4 * batch * batch))
+        if device.type == 'cuda':
+            peaks = {k: peak_bytes(fwd_bwd(fn), device) for k, fn in losses.items()}
+            row.update(soft_ce_peak_mib=peaks['soft_ce'] / 2 ** 20, icm_peak_mib=peaks['icm'] / 2 ** 20,
+                       extra_peak_b2=(peaks['icm'] - peaks['soft_ce']) / (4 * batch * batch))
         assert losses['icm'].target_format == 'sparse'
         rows.append(row)
         print(f'loss B={batch} C={classes}: SoftTargetCE {row["soft_ce_ms"]:.2f} ms, ICM x{row["icm_ratio"]:.2f}, '
@@ -179,6 +196,11 @@ def markdown(step_rows, loss_rows, args, device):
         lines += [f"| {r['batch']} | {r['classes']} | {r['soft_ce_ms']:.2f} | {r['icm_ratio']:.2f} | "
                   f"{r['icm_dense_ratio']:.2f} | {r['soft_ce_saved_mib']:.2f} / {r['icm_saved_mib']:.2f} | "
                   f"{r['extra_saved_b2']:+.1f} |" for r in loss_rows]
+        if 'icm_peak_mib' in loss_rows[0]:
+            lines += ['', '| B | C | peak allocated during fwd+bwd: SoftTargetCE / ICM MiB | '
+                      'ICM - SoftTargetCE (B^2 floats) |', '|---|---|---|---|']
+            lines += [f"| {r['batch']} | {r['classes']} | {r['soft_ce_peak_mib']:.2f} / {r['icm_peak_mib']:.2f} | "
+                      f"{r['extra_peak_b2']:+.1f} |" for r in loss_rows]
     return '\n'.join(lines)
 
 
@@ -195,12 +217,15 @@ def main(argv=None):
     parser.add_argument('--amp', action='store_true', help='bfloat16 autocast for the training steps')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--step-repeats', type=int, default=7)
+    parser.add_argument('--step-inner', type=int, default=0,
+                        help='training steps per timed sample (default: 1 on the CPU, 20 on accelerators)')
     parser.add_argument('--loss-repeats', type=int, default=15)
     parser.add_argument('--skip-steps', action='store_true')
+    parser.add_argument('--skip-loss', action='store_true')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    loss_rows = loss_benchmark(args, device)
+    loss_rows = [] if args.skip_loss else loss_benchmark(args, device)
     step_rows = [] if args.skip_steps else step_benchmark(args, device)
     table = markdown(step_rows, loss_rows, args, device)
     print('\n' + table)
