@@ -7,7 +7,8 @@
    the two losses alternate step by step on the same model and batch, so drift in the machine's
    speed hits both alike. Target: ICM / Mixup <= 1.02.
 2. The loss alone, forward + backward, targets from timm's Mixup with label smoothing:
-   SoftTargetCrossEntropy vs ICM (the automatic, sparse path) vs ICM with the dense score matrix.
+   SoftTargetCrossEntropy vs ICM (automatic: the path the loss picks for the size) vs ICM with the
+   dense score matrix vs ICM with the sparse one.
    Targets: <= 1.5x where C >> B, <= 3x where B >= C.
 3. Memory: what each loss keeps for its backward (bytes of saved tensors), and ICM's excess over
    SoftTargetCrossEntropy in units of B^2 floats (negative: ICM keeps less).
@@ -151,7 +152,8 @@ def loss_benchmark(args, device):
         logits = torch.randn(batch, classes, device=device)
         target = mixed_targets(batch, classes, device)
         losses = {'soft_ce': SoftTargetCrossEntropy(), 'icm': InfiniteClassCrossEntropy(),
-                  'icm_dense': InfiniteClassCrossEntropy(target_format='dense')}
+                  'icm_dense': InfiniteClassCrossEntropy(target_format='dense'),
+                  'icm_sparse': InfiniteClassCrossEntropy(target_format='sparse')}
 
         def fwd_bwd(loss_fn):
             def run():
@@ -163,18 +165,19 @@ def loss_benchmark(args, device):
         timings = time_interleaved([fwd_bwd(fn) for fn in losses.values()], args.loss_repeats, 2, device, inner)
         base = timings[0]
         memory = {k: saved_bytes(fn, logits.detach().requires_grad_(), target) for k, fn in losses.items()}
-        row = dict(batch=batch, classes=classes, soft_ce_ms=1e3 * base,
-                   icm_ratio=timings[1] / base, icm_dense_ratio=timings[2] / base,
+        row = dict(batch=batch, classes=classes, soft_ce_ms=1e3 * base, icm_path=losses['icm'].format_for(logits, target),
+                   icm_ratio=timings[1] / base, icm_dense_ratio=timings[2] / base, icm_sparse_ratio=timings[3] / base,
                    soft_ce_saved_mib=memory['soft_ce'] / 2 ** 20, icm_saved_mib=memory['icm'] / 2 ** 20,
                    extra_saved_b2=(memory['icm'] - memory['soft_ce']) / (4 * batch * batch))
         if device.type == 'cuda':
             peaks = {k: peak_bytes(fwd_bwd(fn), device) for k, fn in losses.items()}
             row.update(soft_ce_peak_mib=peaks['soft_ce'] / 2 ** 20, icm_peak_mib=peaks['icm'] / 2 ** 20,
                        extra_peak_b2=(peaks['icm'] - peaks['soft_ce']) / (4 * batch * batch))
-        assert losses['icm'].target_format == 'sparse'
+        assert losses['icm'].sparse_targets
         rows.append(row)
-        print(f'loss B={batch} C={classes}: SoftTargetCE {row["soft_ce_ms"]:.2f} ms, ICM x{row["icm_ratio"]:.2f}, '
-              f'dense ICM x{row["icm_dense_ratio"]:.2f}, saved for backward {row["soft_ce_saved_mib"]:.2f} vs '
+        print(f'loss B={batch} C={classes}: SoftTargetCE {row["soft_ce_ms"]:.2f} ms, ICM x{row["icm_ratio"]:.2f} '
+              f'({row["icm_path"]}), dense x{row["icm_dense_ratio"]:.2f}, sparse x{row["icm_sparse_ratio"]:.2f}, '
+              f'saved for backward {row["soft_ce_saved_mib"]:.2f} vs '
               f'{row["icm_saved_mib"]:.2f} MiB',
               flush=True)
     return rows
@@ -190,11 +193,12 @@ def markdown(step_rows, loss_rows, args, device):
                   f"{r['icm_ms']:.1f} | {r['ratio']:.3f} |" for r in step_rows]
         lines.append('')
     if loss_rows:
-        lines += ['| B | C | SoftTargetCE fwd+bwd ms | ICM / SoftTargetCE | dense ICM / SoftTargetCE | '
-                  'saved for backward: SoftTargetCE / ICM MiB | ICM - SoftTargetCE (B^2 floats) |',
-                  '|---|---|---|---|---|---|---|']
-        lines += [f"| {r['batch']} | {r['classes']} | {r['soft_ce_ms']:.2f} | {r['icm_ratio']:.2f} | "
-                  f"{r['icm_dense_ratio']:.2f} | {r['soft_ce_saved_mib']:.2f} / {r['icm_saved_mib']:.2f} | "
+        lines += ['| B | C | SoftTargetCE fwd+bwd ms | ICM / SoftTargetCE (path chosen) | dense ICM / SoftTargetCE | '
+                  'sparse ICM / SoftTargetCE | saved for backward: SoftTargetCE / ICM MiB | '
+                  'ICM - SoftTargetCE (B^2 floats) |', '|---|---|---|---|---|---|---|---|']
+        lines += [f"| {r['batch']} | {r['classes']} | {r['soft_ce_ms']:.2f} | {r['icm_ratio']:.2f} ({r['icm_path']}) | "
+                  f"{r['icm_dense_ratio']:.2f} | {r['icm_sparse_ratio']:.2f} | "
+                  f"{r['soft_ce_saved_mib']:.2f} / {r['icm_saved_mib']:.2f} | "
                   f"{r['extra_saved_b2']:+.1f} |" for r in loss_rows]
         if 'icm_peak_mib' in loss_rows[0]:
             lines += ['', '| B | C | peak allocated during fwd+bwd: SoftTargetCE / ICM MiB | '

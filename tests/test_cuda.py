@@ -2,6 +2,8 @@
 
 Skipped without a GPU (CI has none); run on one with ``pytest tests/test_cuda.py``.
 """
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from timm_icm import InfiniteClassCrossEntropy, RegMixupLoss, infinite_class_cro
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
-# (B, C): C >= B/2 gathers columns of the logits, C < B/2 sums rows of their transpose.
+# (B, C): C >= 2B gathers columns of the logits, C < 2B sums rows of their transpose.
 LAYOUTS = [(256, 1000), (256, 10)]
 
 
@@ -53,10 +55,10 @@ def test_forward_and_backward_never_sync_the_host(batch, classes, unmixed, mixed
     else:  # mixing switched off: one-hot rows
         target = torch.eye(classes, device='cuda')[torch.arange(batch, device='cuda') % classes]
     logits = torch.randn(batch, classes, device='cuda', requires_grad=True)
-    for duplicates in ('paper', 'merge'):
-        loss_fn = InfiniteClassCrossEntropy(duplicates=duplicates, unmixed=unmixed)
-        loss_fn(logits, target).backward()  # the first call chooses the format (one sync) and warms caches
-        assert loss_fn.target_format == 'sparse'
+    for duplicates, target_format in itertools.product(('paper', 'merge'), ('dense', 'sparse', 'auto')):
+        loss_fn = InfiniteClassCrossEntropy(duplicates=duplicates, unmixed=unmixed, target_format=target_format)
+        loss_fn(logits, target).backward()  # 'auto' checks the targets at the first call (one sync); warms caches
+        assert loss_fn.sparse_targets is (True if target_format == 'auto' else None)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode('error')
         try:

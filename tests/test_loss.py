@@ -10,7 +10,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 from timm_icm import InfiniteClassCrossEntropy, infinite_class_cross_entropy
 import timm_icm.loss as icm_loss
-from timm_icm.loss import any_row_mixed, duplicate_counts, softmax_nll
+from timm_icm.loss import any_row_mixed, contrast_nll, duplicate_counts
 
 B, C, D = 12, 7, 5
 
@@ -247,7 +247,7 @@ SPARSE_CASES = {  # timm mixer arguments whose targets the sparse path must repr
 }
 
 
-@pytest.mark.parametrize('num_classes', [50, 10], ids=['C>=B-columns', 'C<B-rows'])
+@pytest.mark.parametrize('num_classes', [80, 10], ids=['C>=2B-columns', 'C<2B-rows'])
 @pytest.mark.parametrize('duplicates', ['paper', 'merge'])
 @pytest.mark.parametrize('axes', ['both', 'class', 'pair'])
 @pytest.mark.parametrize('case', SPARSE_CASES)
@@ -272,20 +272,35 @@ def test_sparse_path_gives_nan_for_targets_it_cannot_represent():
     assert torch.isnan(loss)
 
 
-def test_auto_format_chooses_once_from_the_first_batch():
+def test_auto_format_checks_the_targets_once_and_picks_the_path_by_size(monkeypatch):
     mixed = mixed_targets(seed=14).float()
+    teacher = torch.softmax(torch.randn(B, C), dim=1)  # e.g. a teacher's distribution: not sparse
     logits = torch.randn(B, C)
-    auto = InfiniteClassCrossEntropy()
-    assert auto(logits, mixed).item() == pytest.approx(
-        infinite_class_cross_entropy(logits, mixed, target_format='dense').item(), rel=1e-6)
-    assert auto.target_format == 'sparse'
-    teacher = torch.softmax(torch.randn(B, C), dim=1)
-    auto_dense = InfiniteClassCrossEntropy()
-    assert auto_dense(logits, teacher).item() == pytest.approx(
-        infinite_class_cross_entropy(logits, teacher, target_format='dense').item(), rel=1e-6)
-    assert auto_dense.target_format == 'dense'
-    # The choice stays: sparse targets through the dense module are still right, the reverse is loud.
-    assert torch.isfinite(auto_dense(logits, mixed)) and torch.isnan(auto(logits, teacher))
+    dense = {name: infinite_class_cross_entropy(logits, t, target_format='dense') for name, t in
+             (('mixed', mixed), ('teacher', teacher))}
+    auto, auto_dense = InfiniteClassCrossEntropy(), InfiniteClassCrossEntropy()
+    assert auto.sparse_targets is None
+    torch.testing.assert_close(auto(logits, mixed), dense['mixed'])
+    torch.testing.assert_close(auto_dense(logits, teacher), dense['teacher'])
+    assert auto.sparse_targets is True and auto_dense.sparse_targets is False
+    # A batch this small is cheaper as one matrix product, whatever the targets.
+    assert auto.format_for(logits, mixed) == 'dense'
+    torch.testing.assert_close(auto(logits, teacher), dense['teacher'])
+    # Large enough, the sparse path; the choice about the targets stays: a later batch that does not
+    # fit the sparse structure gives NaN there, never a wrong loss.
+    monkeypatch.setitem(icm_loss.DENSE_SCORE_WORK, 'cpu', B * B * C - 1)
+    assert auto.format_for(logits, mixed) == 'sparse' and auto_dense.format_for(logits, mixed) == 'dense'
+    torch.testing.assert_close(auto(logits, mixed), dense['mixed'])
+    assert torch.isnan(auto(logits, teacher))
+    torch.testing.assert_close(auto_dense(logits, mixed), dense['mixed'])
+
+
+def test_sparse_pays_off_for_large_b2c_only():
+    cpu, accelerator = torch.device('cpu'), torch.device('meta')
+    assert not icm_loss.sparse_pays_off(128, 128, 100, cpu)
+    assert icm_loss.sparse_pays_off(1024, 1024, 1000, cpu)
+    assert not icm_loss.sparse_pays_off(1024, 1024, 1000, accelerator)
+    assert icm_loss.sparse_pays_off(1024, 1024, 21843, accelerator)
 
 
 @pytest.mark.parametrize('num_classes', [50, 10])
@@ -316,18 +331,19 @@ def reference_softmax_nll(scores, dim, offset, bias=None):
 @pytest.mark.parametrize('dims, shape, offset', [
     ((0, 1), (9, 9), 0), ((1, 0), (9, 9), 0), ((0,), (12, 5), 4), ((1,), (5, 12), 7)])
 @pytest.mark.parametrize('with_bias', [False, True])
-def test_softmax_nll_values_and_gradients_match_autograd(dims, shape, offset, with_bias):
+def test_contrast_nll_values_and_gradients_match_autograd(dims, shape, offset, with_bias):
     gen = torch.Generator().manual_seed(15)
     scores = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3).requires_grad_()
     biases = [torch.rand(shape[dim], generator=gen, dtype=torch.float64) if with_bias and i == 0 else None
               for i, dim in enumerate(dims)]
-    grads_in = [torch.randn(shape[1 - dim], generator=gen, dtype=torch.float64) for dim in dims]
-    ours = softmax_nll(scores, dims, offset, biases)
-    expected = [reference_softmax_nll(scores, dim, offset, bias) for dim, bias in zip(dims, biases)]
-    for value, reference in zip(ours, expected):
-        torch.testing.assert_close(value, reference)
-    grad = torch.autograd.grad(ours, scores, grads_in)[0]
-    torch.testing.assert_close(grad, torch.autograd.grad(expected, scores, grads_in)[0])
+    grad_in = torch.rand((), generator=gen, dtype=torch.float64) + 0.5
+    ours = contrast_nll(scores, dims, offset, biases)
+    expected = sum(reference_softmax_nll(scores, dim, offset, bias).mean() for dim, bias in zip(dims, biases))
+    torch.testing.assert_close(ours, expected)
+    grad = torch.autograd.grad(ours, scores, grad_in, retain_graph=True)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad(expected, scores, grad_in)[0])
+    # The kept softmaxes are not consumed: a second backward through the same graph gives the same.
+    torch.testing.assert_close(torch.autograd.grad(ours, scores, grad_in)[0], grad)
 
 
 def test_loss_is_exact_where_the_positive_softmax_underflows():

@@ -22,6 +22,12 @@ DUPLICATES = ('paper', 'merge')
 TARGET_FORMATS = ('auto', 'dense', 'sparse')
 UNMIXED = ('ce', 'icm')
 
+# Up to this many multiply-adds (images x classifiers x classes) one matrix product builds the score
+# matrix faster than the sparse path, whose fixed cost is a dozen small operations (measured with
+# benchmarks/cost.py on a 2-core CPU and an H100).
+DENSE_SCORE_WORK = {'cpu': 2 ** 27}
+DENSE_SCORE_WORK_ACCELERATOR = 2 ** 31
+
 
 def check_choice(name: str, value: str, choices: Tuple[str, ...]) -> str:
     if value not in choices:
@@ -114,13 +120,15 @@ class MixedTargets(NamedTuple):
     ``target[j] == floor[j] + weights[j, 0] * e(classes[j, 0]) + weights[j, 1] * e(classes[j, 1])``
     holds exactly for every row when ``exact`` (a 0-d tensor) is true. Label smoothing gives the
     floor, the mixing weight (and the smoothing) the two weights; an unmixed row has one weight 0.
-    ``mixed`` (0-d) is true when some row has two classes above its floor.
     """
     floor: torch.Tensor
     weights: torch.Tensor
     classes: torch.Tensor
     exact: torch.Tensor
-    mixed: torch.Tensor
+
+    def any_mixed(self) -> torch.Tensor:
+        """True (0-d) when some row has two classes above its floor."""
+        return (self.weights[:, 1] > 0).any()
 
 
 def mixed_target_structure(target: torch.Tensor) -> MixedTargets:
@@ -131,8 +139,7 @@ def mixed_target_structure(target: torch.Tensor) -> MixedTargets:
     floor = target.amin(dim=1)
     top = target.topk(3, dim=1)
     weights = top.values[:, :2] - floor[:, None]
-    return MixedTargets(floor, weights, top.indices[:, :2], (top.values[:, 2] == floor).all(),
-                        (weights[:, 1] > 0).any())
+    return MixedTargets(floor, weights, top.indices[:, :2], (top.values[:, 2] == floor).all())
 
 
 def dense_scores(logits: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, int]:
@@ -155,7 +162,7 @@ class _SparseScores(torch.autograd.Function):
     """``M`` from the targets' structure, O(B N + B C) not O(B N C), with a backward of scatter-adds.
 
     ``M[i, j] = floor_j * sum_c S[i, c] + w_j1 * S[i, a_j] + w_j2 * S[i, b_j]``. With ``images_first``
-    (C >= B / 2) it gathers from the rows of ``S`` into ``[images, classifiers]``; otherwise it sums
+    (C >= 2 B) it gathers from the rows of ``S`` into ``[images, classifiers]``; otherwise it sums
     weighted rows of ``S.T`` (an embedding bag; the transposed copy is small then) into
     ``[classifiers, images]``. Neither reads a large matrix across its strides, and the backward
     reuses one scratch buffer: on the CPU a fresh large buffer costs about as much as a pass over it.
@@ -195,57 +202,67 @@ class _SparseScores(torch.autograd.Function):
 
 def sparse_scores(logits: torch.Tensor, targets: MixedTargets) -> Tuple[torch.Tensor, int]:
     """:func:`dense_scores` for targets of :class:`MixedTargets` structure, in the cheaper layout."""
-    images_first = 2 * logits.shape[1] >= logits.shape[0]
+    images_first = logits.shape[1] >= 2 * targets.classes.shape[0]  # measured on the CPU: benchmarks/cost.py
     scores = _SparseScores.apply(logits, targets.floor, targets.weights, targets.classes, images_first)
     return scores, 1 if images_first else 0
 
 
-def _positives(scores: torch.Tensor, dim: int, offset: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Index of each line's positive: line k runs along ``dim`` at index k of the other dim, and its
-    positive sits at ``offset + k`` along ``dim``."""
-    lines = torch.arange(scores.shape[1 - dim], device=scores.device)
-    return (lines + offset, lines) if dim == 0 else (lines, lines + offset)
+def _positives(log_probs: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
+    """The positives of the lines along ``dim`` (a view): line k's positive sits at ``offset + k`` along
+    ``dim`` and at k along the other dim."""
+    return log_probs.diagonal(offset if dim == 1 else -offset)
 
 
-class _SoftmaxNLL(torch.autograd.Function):
-    """``logsumexp(scores - bias, dim) - positive`` of every line, for one or both dims of a matrix.
+class _ContrastNLL(torch.autograd.Function):
+    """``sum over dims of mean_k [logsumexp(line_k - bias) - positive_k]``, one scalar.
 
-    The forward keeps each softmax, so the backward is one buffer: the softmaxes scaled by the
-    incoming gradients, minus them at the positives. The logsumexp comes from the softmax too: at
-    a line's largest score the softmax is ``1 / sum(exp(score - max)) >= 1 / L``, which cannot
-    underflow, so ``lse = max - log(max softmax)`` costs two reads instead of another exp pass.
+    Each dim is one ``log_softmax`` pass; its exp, the softmax, is kept for the backward, which is
+    then one buffer: the softmaxes scaled by the incoming gradient, minus it at the positives. The
+    positive's log-probability comes from ``log_softmax``, so the loss stays exact where the
+    positive's probability underflows.
     """
 
     @staticmethod
     def forward(ctx, scores, dims, biases, offset):
-        probs, nlls = [], []
+        probs, total = [], scores.new_zeros(())
         for dim, bias in zip(dims, biases):
-            shifted = scores if bias is None else scores - bias.unsqueeze(1 - dim)
-            prob = torch.softmax(shifted, dim)
-            lse = shifted.amax(dim) - prob.amax(dim).log()
-            probs.append(prob)
-            nlls.append(lse - scores[_positives(scores, dim, offset)])
+            lines = scores.shape[1 - dim]
+            log_probs = torch.log_softmax(scores if bias is None else scores - bias.unsqueeze(1 - dim), dim)
+            total -= _positives(log_probs, dim, offset).mean()
+            if bias is not None:  # the positive is the unshifted score: lse(s - b) - s_k = -log p_k - b_k
+                total -= bias[offset:offset + lines].mean()
+            probs.append(log_probs.exp_())
         ctx.save_for_backward(*probs)
         ctx.dims, ctx.offset = dims, offset
-        return tuple(nlls)
+        return total
 
     @staticmethod
-    def backward(ctx, *grad_nlls):
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total):
         grad = None
-        for dim, prob, grad_nll in zip(ctx.dims, ctx.saved_tensors, grad_nlls):
+        for dim, prob in zip(ctx.dims, ctx.saved_tensors):
+            scale = grad_total / prob.shape[1 - dim]
             if grad is None:
-                grad = prob * grad_nll.unsqueeze(dim)
+                grad = prob * scale
             else:
-                grad.addcmul_(prob, grad_nll.unsqueeze(dim))
-            grad[_positives(prob, dim, ctx.offset)] -= grad_nll
+                grad.addcmul_(prob, scale)
+            _positives(grad, dim, ctx.offset).sub_(scale)
         return grad, None, None, None
 
 
-def softmax_nll(scores: torch.Tensor, dims: Sequence[int], offset: int = 0,
-                biases: Optional[Sequence[Optional[torch.Tensor]]] = None) -> Tuple[torch.Tensor, ...]:
-    """For each dim, ``logsumexp(scores - bias, dim) - positive`` of every line along it (see
-    :func:`_positives`); ``bias`` (one value per index along ``dim``) shifts the normaliser only."""
-    return _SoftmaxNLL.apply(scores, tuple(dims), tuple(biases or [None] * len(dims)), offset)
+def contrast_nll(scores: torch.Tensor, dims: Sequence[int], offset: int = 0,
+                 biases: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+    """The cross-entropy of Eq. 5 / Eq. 7 on a score matrix: for each dim in ``dims``, the mean over
+    the lines along it of ``logsumexp(line - bias) - positive``, summed over ``dims``. Line k's
+    positive sits at ``offset + k`` along the dim (:func:`_positives`); ``bias`` (one value per index
+    along the dim) shifts the normaliser only."""
+    return _ContrastNLL.apply(scores, tuple(dims), tuple(biases or [None] * len(dims)), offset)
+
+
+def sparse_pays_off(num_images: int, num_classifiers: int, num_classes: int, device: torch.device) -> bool:
+    """Whether the sparse score matrix is faster than the matrix product for this size and device."""
+    limit = DENSE_SCORE_WORK.get(device.type, DENSE_SCORE_WORK_ACCELERATOR)
+    return num_images * num_classifiers * num_classes > limit
 
 
 def host_reads_are_free(device: torch.device) -> bool:
@@ -306,7 +323,7 @@ def infinite_class_cross_entropy(
             scores = sparse_scores
             classifiers = mixed_target_structure(all_target)
             my_classifiers = mixed_target_structure(target) if gathered else classifiers
-            mixed, exact = classifiers.mixed, classifiers.exact
+            mixed, exact = classifiers.any_mixed() if unmixed == 'ce' else None, classifiers.exact
         else:
             scores = dense_scores
             classifiers, my_classifiers = all_target, target
@@ -332,10 +349,9 @@ def infinite_class_cross_entropy(
             matrix, classifier_dim = pair_scores
             terms.append((matrix, 1 - classifier_dim, None))
         if gathered:
-            nlls = [softmax_nll(matrix, [dim], offset, [bias])[0] for matrix, dim, bias in terms]
-        else:  # one matrix: both axes in one pass, one gradient buffer
-            nlls = softmax_nll(terms[0][0], [dim for _, dim, _ in terms], offset, [bias for _, _, bias in terms])
-        loss = sum(nll.mean() for nll in nlls)
+            loss = sum(contrast_nll(matrix, [dim], offset, [bias]) for matrix, dim, bias in terms)
+        else:  # one matrix: both axes in one node, one gradient buffer
+            loss = contrast_nll(terms[0][0], [dim for _, dim, _ in terms], offset, [bias for _, _, bias in terms])
         if fall_back:
             loss = torch.where(mixed, loss, soft_target_cross_entropy(logits, target))
         if exact is not None:
@@ -354,10 +370,12 @@ class InfiniteClassCrossEntropy(nn.Module):
         gather_distributed: in a distributed run, contrast this process's rows with the rows of
             every process (all-gather with gradient); by default each process contrasts its own batch.
         target_format: ``'sparse'``: targets are timm's mixed targets (a floor plus two classes per
-            row), and the score matrix costs O(B^2 + B C); ``'dense'``: any soft targets, O(B^2 C);
-            ``'auto'`` (default): checks the first batch's targets once (one host sync, at the first
-            call only) and keeps the answer. A later batch whose targets do not fit the sparse
-            structure gives a NaN loss rather than a wrong one.
+            row), and the score matrix costs O(B^2 + B C); ``'dense'``: any soft targets, one matrix
+            product, O(B^2 C); ``'auto'`` (default): checks the first batch's targets once (one host
+            sync, at the first call only) and keeps the answer in ``sparse_targets``. Where they fit,
+            each call takes the sparse path if its size makes that faster (:func:`sparse_pays_off`:
+            large B^2 C), else the matrix product. A later batch whose targets do not fit the sparse
+            structure gives a NaN loss on the sparse path rather than a wrong one.
         unmixed: what a batch without any mixed row gets: ``'icm'`` (default), the contrast all
             the same; ``'ce'``, the soft-target cross-entropy over the original classes. The default
             is measured: ``benchmarks/gains.py``, the README's "What ICM gains".
@@ -371,21 +389,29 @@ class InfiniteClassCrossEntropy(nn.Module):
         self.gather_distributed = bool(gather_distributed)
         self.target_format = check_choice('target_format', target_format, TARGET_FORMATS)
         self.unmixed = check_choice('unmixed', unmixed, UNMIXED)
+        self.sparse_targets: Optional[bool] = None  # 'auto': do the targets fit the sparse path (first batch)
 
-    def _resolve_format(self, target: torch.Tensor) -> str:
-        if self.target_format == 'auto' and isinstance(target, torch.Tensor) and target.dim() == 2:
-            sparse = target.shape[1] >= 3 and bool(mixed_target_structure(target.float()).exact)
-            self.target_format = 'sparse' if sparse else 'dense'
-        return self.target_format
+    def format_for(self, logits: torch.Tensor, target: torch.Tensor, num_classifiers: Optional[int] = None) -> str:
+        """The score-matrix path, ``'dense'`` or ``'sparse'``, of a call with these tensors (global batch
+        of ``num_classifiers`` rows when gathering)."""
+        if self.target_format != 'auto':
+            return self.target_format
+        if self.sparse_targets is None:
+            self.sparse_targets = target.shape[1] >= 3 and bool(mixed_target_structure(target.float()).exact)
+        rows, classes = target.shape
+        if self.sparse_targets and sparse_pays_off(rows, num_classifiers or rows, classes, logits.device):
+            return 'sparse'
+        return 'dense'
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_logits_and_targets(logits, target, 'InfiniteClassCrossEntropy')
-        target_format = self._resolve_format(target)
         if self.gather_distributed:
             all_logits, all_target, offset = gather_rows(logits, target)
+            target_format = self.format_for(logits, target, all_target.shape[0])
             return infinite_class_cross_entropy(
                 logits, target, self.axes, self.duplicates, target_format, self.unmixed,
                 all_logits=all_logits, all_target=all_target, offset=offset)
+        target_format = self.format_for(logits, target)
         return infinite_class_cross_entropy(logits, target, self.axes, self.duplicates, target_format, self.unmixed)
 
     def extra_repr(self) -> str:
