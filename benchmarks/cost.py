@@ -5,7 +5,9 @@
 1. The whole training step (forward, loss, backward, SGD step) of a few models, ICM vs Mixup
    (on an accelerator: ResNet-34 CIFAR at B=128 and ViT-S at B=256, e.g. with --amp --channels-last):
    the two losses alternate step by step on the same model and batch, so drift in the machine's
-   speed hits both alike. Target: ICM / Mixup <= 1.02.
+   speed hits both alike; the ratio is the median of the per-round ratios. A second Mixup step in
+   the same rotation is the control: its ratio to the first shows the timing noise. Target:
+   ICM / Mixup <= 1.02.
 2. The loss alone, forward + backward, targets from timm's Mixup with label smoothing:
    SoftTargetCrossEntropy vs ICM (automatic: the path the loss picks for the size) vs ICM with the
    dense score matrix vs ICM with the sparse one.
@@ -63,7 +65,7 @@ def mixed_targets(batch, classes, device, seed=0):
 
 
 def time_interleaved(fns, repeats, warmup, device, inner=1):
-    """Median seconds per call of each callable over ``repeats`` rounds after ``warmup`` rounds.
+    """Seconds per call of each callable in each of ``repeats`` rounds after ``warmup`` rounds.
 
     In each round every callable runs once untimed (its memory is then allocated and warm, as in
     a training loop) and then ``inner`` times timed; the callables take turns round by round.
@@ -79,7 +81,12 @@ def time_interleaved(fns, repeats, warmup, device, inner=1):
             sync(device)
             if round_ >= warmup:
                 times[i].append((time.perf_counter() - start) / inner)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def median_ratio(numerators, denominators):
+    """Median over rounds of the per-round ratio: paired, so drift of the machine's speed cancels."""
+    return statistics.median(n / d for n, d in zip(numerators, denominators))
 
 
 def step_benchmark(args, device):
@@ -108,12 +115,16 @@ def step_benchmark(args, device):
             return run
 
         inner = args.step_inner or (1 if device.type == 'cpu' else 20)  # one GPU step is too short to time
-        mixup, icm = time_interleaved([step(SoftTargetCrossEntropy()), step(InfiniteClassCrossEntropy())],
-                                      args.step_repeats, 1, device, inner)
-        rows.append(dict(model=name, image=size, batch=batch, classes=classes, mixup_ms=1e3 * mixup,
-                         icm_ms=1e3 * icm, ratio=icm / mixup))
-        print(f'step {name} B={batch} C={classes}: Mixup {1e3 * mixup:.1f} ms, ICM {1e3 * icm:.1f} ms, '
-              f'ratio {icm / mixup:.3f}', flush=True)
+        # A second, identical Mixup step is the control: its ratio to the first is the timing noise.
+        mixup, icm, control = time_interleaved(
+            [step(SoftTargetCrossEntropy()), step(InfiniteClassCrossEntropy()), step(SoftTargetCrossEntropy())],
+            args.step_repeats, 1, device, inner)
+        row = dict(model=name, image=size, batch=batch, classes=classes, mixup_ms=1e3 * statistics.median(mixup),
+                   icm_ms=1e3 * statistics.median(icm), ratio=median_ratio(icm, mixup),
+                   control_ratio=median_ratio(control, mixup))
+        rows.append(row)
+        print(f'step {name} B={batch} C={classes}: Mixup {row["mixup_ms"]:.1f} ms, ICM {row["icm_ms"]:.1f} ms, '
+              f'ratio {row["ratio"]:.3f} (Mixup again: {row["control_ratio"]:.3f})', flush=True)
     return rows
 
 
@@ -162,7 +173,8 @@ def loss_benchmark(args, device):
             return run
 
         inner = max(3, int(1e7 // (batch * classes)))  # several calls per sample: steadier medians
-        timings = time_interleaved([fwd_bwd(fn) for fn in losses.values()], args.loss_repeats, 2, device, inner)
+        timings = [statistics.median(t) for t in
+                   time_interleaved([fwd_bwd(fn) for fn in losses.values()], args.loss_repeats, 2, device, inner)]
         base = timings[0]
         memory = {k: saved_bytes(fn, logits.detach().requires_grad_(), target) for k, fn in losses.items()}
         row = dict(batch=batch, classes=classes, soft_ce_ms=1e3 * base, icm_path=losses['icm'].format_for(logits, target),
@@ -188,9 +200,10 @@ def markdown(step_rows, loss_rows, args, device):
              f'threads {torch.get_num_threads()}; amp {args.amp}; channels_last {args.channels_last}; '
              f'medians of {args.step_repeats} (step) / {args.loss_repeats} (loss) interleaved repeats.', '']
     if step_rows:
-        lines += ['| model | image | B | C | Mixup step ms | ICM step ms | ICM / Mixup |', '|---|---|---|---|---|---|---|']
+        lines += ['| model | image | B | C | Mixup step ms | ICM step ms | ICM / Mixup | control: Mixup / Mixup |',
+                  '|---|---|---|---|---|---|---|---|']
         lines += [f"| {r['model']} | {r['image']} | {r['batch']} | {r['classes']} | {r['mixup_ms']:.1f} | "
-                  f"{r['icm_ms']:.1f} | {r['ratio']:.3f} |" for r in step_rows]
+                  f"{r['icm_ms']:.1f} | {r['ratio']:.3f} | {r['control_ratio']:.3f} |" for r in step_rows]
         lines.append('')
     if loss_rows:
         lines += ['| B | C | SoftTargetCE fwd+bwd ms | ICM / SoftTargetCE (path chosen) | dense ICM / SoftTargetCE | '
