@@ -62,8 +62,8 @@ def check_logits_and_targets(logits: torch.Tensor, target: torch.Tensor, loss_na
 
 
 def autocast_off(device: torch.device) -> ContextManager:
-    """Leave autocast for exact float32 arithmetic (a no-op on devices that have no autocast)."""
-    if torch.amp.is_autocast_available(device.type):
+    """Leave autocast for exact float32 arithmetic (a no-op where autocast is off or not available)."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
 
@@ -224,24 +224,27 @@ class _ContrastNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores, dims, biases, offset):
-        probs, total = [], scores.new_zeros(())
+        probs, total = [], None
         for dim, bias in zip(dims, biases):
-            lines = scores.shape[1 - dim]
             log_probs = torch.log_softmax(scores if bias is None else scores - bias.unsqueeze(1 - dim), dim)
-            total -= _positives(log_probs, dim, offset).mean()
+            mean_positive = _positives(log_probs, dim, offset).mean()
             if bias is not None:  # the positive is the unshifted score: lse(s - b) - s_k = -log p_k - b_k
-                total -= bias[offset:offset + lines].mean()
+                mean_positive = mean_positive + bias[offset:offset + scores.shape[1 - dim]].mean()
+            total = mean_positive if total is None else total + mean_positive
             probs.append(log_probs.exp_())
         ctx.save_for_backward(*probs)
         ctx.dims, ctx.offset = dims, offset
-        return total
+        return total.neg_()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total):
-        grad = None
+        grad, scales = None, {}
         for dim, prob in zip(ctx.dims, ctx.saved_tensors):
-            scale = grad_total / prob.shape[1 - dim]
+            lines = prob.shape[1 - dim]
+            scale = scales.get(lines)
+            if scale is None:
+                scale = scales[lines] = grad_total / lines
             if grad is None:
                 grad = prob * scale
             else:
@@ -311,6 +314,12 @@ def infinite_class_cross_entropy(
     check_choice('target_format', target_format, TARGET_FORMATS[1:])
     check_choice('unmixed', unmixed, UNMIXED)
     check_logits_and_targets(logits, target, 'InfiniteClassCrossEntropy')
+    return _checked_loss(logits, target, axes, duplicates, target_format, unmixed, all_logits, all_target, offset)
+
+
+def _checked_loss(logits, target, axes, duplicates, target_format, unmixed, all_logits, all_target, offset):
+    """:func:`infinite_class_cross_entropy` for arguments already checked (the module checks its
+    options once, at construction)."""
     dtype = torch.promote_types(logits.dtype, torch.float32)
     with autocast_off(logits.device):
         logits, target = logits.to(dtype), target.to(dtype)
@@ -408,11 +417,10 @@ class InfiniteClassCrossEntropy(nn.Module):
         if self.gather_distributed:
             all_logits, all_target, offset = gather_rows(logits, target)
             target_format = self.format_for(logits, target, all_target.shape[0])
-            return infinite_class_cross_entropy(
-                logits, target, self.axes, self.duplicates, target_format, self.unmixed,
-                all_logits=all_logits, all_target=all_target, offset=offset)
-        target_format = self.format_for(logits, target)
-        return infinite_class_cross_entropy(logits, target, self.axes, self.duplicates, target_format, self.unmixed)
+            return _checked_loss(logits, target, self.axes, self.duplicates, target_format, self.unmixed,
+                                 all_logits, all_target, offset)
+        return _checked_loss(logits, target, self.axes, self.duplicates, self.format_for(logits, target),
+                             self.unmixed, None, None, 0)
 
     def extra_repr(self) -> str:
         return (f'axes={self.axes!r}, duplicates={self.duplicates!r}, gather_distributed={self.gather_distributed}, '
