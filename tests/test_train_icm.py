@@ -46,6 +46,17 @@ def test_learns_with_icm(tmp_path, fashion_mnist_dir, flags, floor):
     assert {'eval_top5', 'eval_ece'} <= set(rows[-1])
 
 
+def test_same_seed_same_run_in_one_process(tmp_path, fashion_mnist_dir):
+    """benchmarks/gains.py pairs methods by seed and runs many trainings per process: a run must not
+    depend on what ran before it there."""
+    flags = ['--train-samples-per-class', '20', '--epochs', '2', '--mixup', '0.2', '--icm', '--cifar-aug']
+    first = run(tmp_path, fashion_mnist_dir, *flags, '--seed', '3', '--subset-seed', '3', name='first')
+    run(tmp_path, fashion_mnist_dir, *flags, '--seed', '4', '--subset-seed', '4', '--remix', name='other')
+    again = run(tmp_path, fashion_mnist_dir, *flags, '--seed', '3', '--subset-seed', '3', name='again')
+    columns = ('train_loss', 'eval_loss', 'eval_top1')
+    assert [[r[c] for c in columns] for r in again] == [[r[c] for c in columns] for r in first]
+
+
 def test_ic_remix_on_a_long_tail(tmp_path, fashion_mnist_dir):
     rows = run(tmp_path, fashion_mnist_dir, '--train-samples-per-class', '150', '--imbalance-ratio', '0.1',
                '--mixup', '0.2', '--remix', '--icm', '--epochs', '4')
