@@ -26,7 +26,6 @@ import torch
 import torch.nn as nn
 from timm import utils
 from timm.data import create_loader, resolve_data_config
-from timm.loss import LabelSmoothingCrossEntropy
 from timm.models import create_model, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
@@ -34,7 +33,7 @@ from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_
 
 import timm_icm  # noqa: F401  (registers the CIFAR-style models)
 from timm_icm import cli, datasets, subsets, transforms
-from timm_icm.factory import create_mixer, create_train_loss, mixup_active
+from timm_icm.factory import create_mixer, create_train_loss
 from timm_icm.metrics import ClassificationMeter
 
 _logger = logging.getLogger('train_icm')
@@ -101,7 +100,7 @@ def build_datasets(args: argparse.Namespace):
         else:
             counts = subsets.class_counts(datasets.dataset_targets(train))
     except (TypeError, ValueError) as e:
-        if wants_subset or args.remix:  # these need the training labels
+        if wants_subset or args.remix or args.logit_adjust:  # these need the training labels
             raise UsageError(f'{args.dataset or "this dataset"} gives no class counts: {e}') from None
         counts = None
     return train, evaluation, counts
@@ -256,21 +255,19 @@ def train(args: argparse.Namespace, args_text: str) -> int:
         if device.type == 'cuda' and amp_dtype == torch.float16:
             loss_scaler = utils.NativeScaler(device=device.type)
 
-    if mixup_active(args):
-        train_loss_fn = create_train_loss(args)
-    elif args.smoothing:
-        train_loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    else:
-        train_loss_fn = nn.CrossEntropyLoss()
-    task = ClassificationTask(model, criterion=train_loss_fn, device=device, verbose=primary)
-
     try:
         dataset_train, dataset_eval, class_counts = build_datasets(args)
     except UsageError:
-        if args.dry_run:  # still check that the mixer and the schedule build from these flags
+        if args.dry_run:  # still check that the mixer, the loss and the schedule build from these flags
             create_mixer(args, args.num_classes, [1] * args.num_classes, collate=args.prefetcher)
-            _build_optimizer_and_scheduler(args, task, updates_per_epoch=1)
+            create_train_loss(args, [1] * args.num_classes)
+            _build_optimizer_and_scheduler(args, model, updates_per_epoch=1)
         raise
+    try:
+        train_loss_fn = create_train_loss(args, class_counts)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    task = ClassificationTask(model, criterion=train_loss_fn, device=device, verbose=primary)
     if primary and class_counts is not None:
         _logger.info(f'Training on {len(dataset_train)} images, class counts: {class_counts.tolist()}')
     try:
@@ -285,7 +282,7 @@ def train(args: argparse.Namespace, args_text: str) -> int:
         raise UsageError(f'the training set has {len(dataset_train)} images, fewer than one batch of '
                          f'{args.batch_size} per process (the last partial batch is dropped): lower --batch-size')
     updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
-    optimizer, lr_scheduler, num_epochs = _build_optimizer_and_scheduler(args, task, updates_per_epoch)
+    optimizer, lr_scheduler, num_epochs = _build_optimizer_and_scheduler(args, model, updates_per_epoch)
     if primary:
         _logger.info(f'Loss: {train_loss_fn}; mixer: {type(mixer).__name__ if mixer else None}; '
                      f'optimizer: {type(optimizer).__name__} lr {args.lr:g}; {num_epochs} epochs')
@@ -374,13 +371,13 @@ def train(args: argparse.Namespace, args_text: str) -> int:
     return 0
 
 
-def _build_optimizer_and_scheduler(args, task, updates_per_epoch):
+def _build_optimizer_and_scheduler(args, model, updates_per_epoch):
     if not args.lr:
         batch_ratio = args.batch_size * args.world_size * args.grad_accum_steps / args.lr_base_size
         scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
         args.lr = args.lr_base * (batch_ratio ** 0.5 if scale == 'sqrt' else batch_ratio)
     try:
-        optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+        optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
         lr_scheduler, num_epochs = create_scheduler_v2(
             optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == 'loss'),
             updates_per_epoch=updates_per_epoch)

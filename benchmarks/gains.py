@@ -10,7 +10,6 @@ beside them) and ``gains.png``.
 """
 import argparse
 import csv
-import math
 import multiprocessing as mp
 import os
 import statistics
@@ -18,6 +17,8 @@ import sys
 import tempfile
 import time
 from typing import Dict, List, Sequence, Tuple
+
+from stats import bar_panels, mean_std, paired_diffs, paired_interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HPARAMS = os.path.join(ROOT, 'hparams')
@@ -70,7 +71,6 @@ PAPER_DELTAS = {
 }
 QUICK_SETTINGS = ['10/class', 'LT 0.01']
 QUICK_METHODS = ['ERM', 'Mixup', 'IC-Mixup', 'Remix', 'IC-Remix']
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def plan(settings: Sequence[str], methods: Sequence[str], seeds: int) -> List[Tuple[str, str, int]]:
@@ -113,22 +113,9 @@ def run_one(job: Tuple[str, str, int, str]) -> Dict:
                 ece=float(last['eval_ece']), seconds=time.time() - start)
 
 
-def mean_std(values: Sequence[float]) -> str:
-    if len(values) < 2:
-        return f'{values[0]:.2f}' if values else '-'
-    return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
-
-
 def paired(rows: List[Dict], setting: str, a: str, b: str) -> str:
     by_seed = {(r['method'], r['seed']): r['top1'] for r in rows if r['setting'] == setting}
-    diffs = [by_seed[(a, s)] - by_seed[(b, s)] for (m, s) in by_seed if m == a and (b, s) in by_seed]
-    if not diffs:
-        return '-'
-    mean = statistics.mean(diffs)
-    if len(diffs) < 2:
-        return f'{mean:+.2f}'
-    half = T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return f'{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]'
+    return paired_interval(paired_diffs(by_seed, a, b))
 
 
 def report(rows: List[Dict], settings: Sequence[str], methods: Sequence[str], seeds: int, minutes: float) -> str:
@@ -159,32 +146,8 @@ def report(rows: List[Dict], settings: Sequence[str], methods: Sequence[str], se
 
 
 def plot(rows: List[Dict], settings: Sequence[str], methods: Sequence[str], path: str) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        names, means, stds = [], [], []
-        for method in methods:
-            values = [r['top1'] for r in rows if r['setting'] == setting and r['method'] == method]
-            if values:
-                names.append(method)
-                means.append(statistics.mean(values))
-                stds.append(statistics.stdev(values) if len(values) > 1 else 0.)
-        colors = ['tab:orange' if n.startswith('IC-') else 'tab:blue' for n in names]
-        ax.barh(range(len(names)), means, xerr=stds, color=colors)
-        ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_title(setting)
-        ax.set_xlabel('test top-1 %')
-        if means:
-            ax.set_xlim(max(0, min(means) - 2 * max(stds + [1])), max(means) + 2 * max(stds + [1]))
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return True
+    return bar_panels({s: {m: [r['top1'] for r in rows if r['setting'] == s and r['method'] == m] for m in methods}
+                       for s in settings}, path)
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@ Unlike timm, a YAML key that is not a flag, or a value of the wrong type, is an 
 Several ``-c`` files compose: later files override earlier ones, the command line overrides all.
 """
 import argparse
+import math
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -43,6 +44,9 @@ def add_icm_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                        help='Remix imbalance-ratio threshold kappa (default: 3.0).')
     group.add_argument('--remix-tau', type=float, default=0.5, metavar='TAU',
                        help='Remix interpolation threshold tau (default: 0.5).')
+    group.add_argument('--logit-adjust', type=float, default=0.0, metavar='TAU',
+                       help='Logit adjustment (Menon et al. 2021): train on logits + TAU x log(class prior of the '
+                            'training set), with or without mixing; 1 is the usual choice, 0 is off (default).')
     return group
 
 
@@ -58,6 +62,8 @@ def check_icm_args(args: argparse.Namespace) -> Optional[str]:
             return f'--{dest.replace("_", "-")} only applies to the ICM loss: add --icm'
     if args.regmixup_weight < 0:
         return f'--regmixup-weight must be >= 0; got {args.regmixup_weight}'
+    if not math.isfinite(args.logit_adjust) or args.logit_adjust < 0:
+        return f'--logit-adjust must be a finite number >= 0 (0 is off); got {args.logit_adjust}'
     if args.remix_kappa < 1:
         return f'--remix-kappa must be >= 1; got {args.remix_kappa}'
     if not 0 <= args.remix_tau <= 1:

@@ -3,8 +3,9 @@ import argparse
 from typing import Optional, Sequence, Union
 
 import torch.nn as nn
-from timm.loss import SoftTargetCrossEntropy
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+from .logit_adjust import LogitAdjustedLoss
 from .loss import InfiniteClassCrossEntropy
 from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup
 from .regmixup import RegMixupLoss
@@ -38,7 +39,7 @@ def create_mixer(
     return cls(class_counts=class_counts if args.remix else None, **mixup_kwargs(args, num_classes))
 
 
-def create_train_loss(args: argparse.Namespace) -> nn.Module:
+def create_mixed_loss(args: argparse.Namespace) -> nn.Module:
     """ICM or soft-target CE for mixed batches, wrapped for RegMixup's clean + mixed layout."""
     if args.icm:
         loss = InfiniteClassCrossEntropy(
@@ -49,3 +50,25 @@ def create_train_loss(args: argparse.Namespace) -> nn.Module:
     if args.regmixup:
         loss = RegMixupLoss(loss, weight=args.regmixup_weight)
     return loss
+
+
+def create_train_loss(args: argparse.Namespace, class_counts: Optional[Sequence[int]] = None) -> nn.Module:
+    """The training loss of train_icm.py: the mixed loss while mixing is on, else timm's (label-smoothed)
+    cross-entropy; logit-adjusted by the training set's class counts with ``--logit-adjust TAU``."""
+    if mixup_active(args):
+        loss = create_mixed_loss(args)
+    elif args.smoothing:
+        loss = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        loss = nn.CrossEntropyLoss()
+    return logit_adjusted(args, loss, class_counts)
+
+
+def logit_adjusted(args: argparse.Namespace, loss: nn.Module, class_counts: Optional[Sequence[int]]) -> nn.Module:
+    """``loss`` itself, or with ``--logit-adjust TAU > 0`` the loss of the logits shifted by TAU x log(prior)."""
+    tau = getattr(args, 'logit_adjust', 0.0)
+    if not tau:
+        return loss
+    if class_counts is None:
+        raise ValueError('--logit-adjust needs the class counts of the training set, and this dataset gives none')
+    return LogitAdjustedLoss(loss, class_counts, tau=tau)

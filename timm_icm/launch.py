@@ -14,7 +14,7 @@ objects of timm that it uses to mix and to compute the soft-target loss are repl
   RegMixup and Remix options of the command line (Sec. 4.2 of the paper); Remix's class counts are
   read from the training data set the script creates with ``timm.data.create_dataset``;
 - ``timm.loss.SoftTargetCrossEntropy`` (and the one that ``timm.loss.create_classification_loss``
-  builds) becomes the training loss of :func:`timm_icm.factory.create_train_loss`: the ICM loss
+  builds) becomes the training loss of :func:`timm_icm.factory.create_mixed_loss`: the ICM loss
   (Sec. 3, Eq. 9), wrapped in :class:`timm_icm.RegMixupLoss` with ``--regmixup``; without ``--icm``
   the same flags give the plain baselines on ``SoftTargetCrossEntropy``.
 
@@ -51,7 +51,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 from . import datasets as icm_datasets
 from .cli import ConfigError, add_icm_args, check_icm_args, coerce_config_value, read_config
-from .factory import create_train_loss
+from .factory import create_mixed_loss
 from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup
 from .subsets import class_counts as count_classes
 
@@ -299,7 +299,7 @@ class Patched:
 
     # -- loss
     def _make_loss(self) -> nn.Module:
-        loss = create_train_loss(self.args)
+        loss = create_mixed_loss(self.args)
         self._hooks.append(loss.register_forward_pre_hook(_count_loss_call))
         self.losses.append(loss)
         _info(f'ICM launch: loss {loss} (in place of timm.loss.SoftTargetCrossEntropy)')

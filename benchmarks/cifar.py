@@ -1,0 +1,300 @@
+"""The paper's CIFAR experiments on the real CIFAR-10/100, with the long-tail baseline (logit adjustment).
+
+    python benchmarks/cifar.py [--blocks B1 B2] [--seeds 3] [--jobs 2] [--recipe cpu|paper] [--extras]
+    python benchmarks/cifar.py --report          # tables and plot from the CSV alone
+
+Blocks (each a paper table at the ``cpu`` recipe's scale):
+  B1  LT-CIFAR-10, imbalance 0.01 (Table 2 right): does ICM add anything beyond logit adjustment?
+  B2  CIFAR-100, 10 % of every class (Table 1 right, Figure 3 right): the data-constrained claim.
+  B3  LT-CIFAR-10 at 0.1 and LT-CIFAR-100 at 0.01 (Table 2 right).
+
+Every run is a real ``train_icm.py`` run (base YAML of the recipe, a method of ``hparams/methods/``,
+the data setting as flags, ``--seed S --subset-seed S``), so the methods of one seed share the subset
+and the initialisation and IC-X minus X is paired. Each finished run appends one row to
+``cifar.csv`` (block, method, seed, recipe, commit, device, top-1, top-5, ECE, seconds); a re-run skips
+the rows it has, so the suite is resumable: a run cut off is started again from its beginning.
+The data (``data/`` of the checkout) is unpacked from ``../shared/data/cifar`` when it is missing.
+"""
+import argparse
+import csv
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, NamedTuple, Sequence, Tuple
+
+from stats import bar_panels, cpu_name, git_commit, mean_std, paired_diffs, paired_interval
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HPARAMS = os.path.join(ROOT, 'hparams')
+PACK = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar')
+FIELDS = ['block', 'setting', 'method', 'seed', 'recipe', 'epochs', 'commit', 'device', 'top1', 'top5', 'ece',
+          'seconds']
+
+
+class Setting(NamedTuple):
+    dataset: str        # 'cifar10' or 'cifar100'
+    flags: Tuple[str, ...]
+    cpu_epochs: int     # the cpu recipe's schedule length for this setting
+    paper: Dict[str, float]  # the paper's top-1 per method (ResNet-34, 200 epochs, mean of 3 runs)
+    paper_deltas: Dict[Tuple[str, str], float] = {}  # differences the paper shows only in a figure
+
+
+# The paper's numbers: Table 2 right (LT-CIFAR), Table 1 right (CIFAR-100 10 %; "No Mixup" is ERM) and
+# Figure 3 right (IC-RegMixup - RegMixup at 10 %, as read off the figure).
+SETTINGS = {
+    'LT-CIFAR-10 0.01': Setting('cifar10', ('--imbalance-ratio', '0.01'), 10,
+                                {'ERM': 71.87, 'Mixup': 72.82, 'IC-Mixup': 76.81, 'Remix': 72.65, 'IC-Remix': 79.28}),
+    'CIFAR-100 10 %': Setting('cifar100', ('--train-fraction', '0.1'), 25,
+                              {'ERM': 26.55, 'Mixup': 28.21, 'IC-Mixup (class)': 30.38, 'IC-Mixup (pair)': 28.29,
+                               'IC-Mixup': 30.19}, {('IC-RegMixup', 'RegMixup'): 7.07}),
+    'LT-CIFAR-10 0.1': Setting('cifar10', ('--imbalance-ratio', '0.1'), 10,
+                               {'ERM': 88.63, 'Mixup': 89.63, 'IC-Mixup': 89.89, 'Remix': 89.57, 'IC-Remix': 90.26}),
+    'LT-CIFAR-100 0.01': Setting('cifar100', ('--imbalance-ratio', '0.01'), 10,
+                                 {'ERM': 37.44, 'Mixup': 39.21, 'IC-Mixup': 43.31, 'Remix': 38.04, 'IC-Remix': 46.01}),
+}
+# Method name -> (file under hparams/methods/, extra flags)
+METHODS = {
+    'ERM': ('erm.yaml', ()),
+    'Mixup': ('mixup.yaml', ()),
+    'IC-Mixup': ('icmixup.yaml', ()),
+    'Remix': ('remix.yaml', ()),
+    'IC-Remix': ('icremix.yaml', ()),
+    'RegMixup': ('regmixup.yaml', ()),
+    'IC-RegMixup': ('icregmixup.yaml', ()),
+    'LA': ('la.yaml', ()),
+    'Mixup + LA': ('mixup_la.yaml', ()),
+    'IC-Mixup + LA': ('icmixup_la.yaml', ()),
+    'ICM contrast, no mixing': ('icmixup.yaml', ('--mixup-prob', '0', '--icm-unmixed', 'icm')),
+    'IC-Mixup (merge)': ('icmixup.yaml', ('--icm-duplicates', 'merge')),
+    'IC-Mixup (merge) + LA': ('icmixup_la.yaml', ('--icm-duplicates', 'merge')),
+    'IC-Mixup (class)': ('icmixup_class.yaml', ()),
+    'IC-Mixup (pair)': ('icmixup_pair.yaml', ()),
+}
+
+
+class Block(NamedTuple):
+    settings: Tuple[str, ...]
+    core: Tuple[str, ...]
+    extras: Tuple[str, ...]  # run after every block's core methods (--extras)
+
+
+BLOCKS = {
+    'B1': Block(('LT-CIFAR-10 0.01',),
+                ('ERM', 'Mixup', 'IC-Mixup', 'Remix', 'IC-Remix', 'LA', 'IC-Mixup + LA', 'ICM contrast, no mixing'),
+                ('Mixup + LA', 'IC-Mixup (merge)', 'IC-Mixup (merge) + LA')),
+    'B2': Block(('CIFAR-100 10 %',), ('Mixup', 'IC-Mixup', 'RegMixup', 'IC-RegMixup'),
+                ('ERM', 'IC-Mixup (class)', 'IC-Mixup (pair)')),
+    'B3': Block(('LT-CIFAR-10 0.1', 'LT-CIFAR-100 0.01'), ('ERM', 'Mixup', 'IC-Mixup', 'Remix', 'IC-Remix', 'LA'), ()),
+}
+PAIRS = [('IC-Mixup', 'Mixup'), ('IC-Remix', 'Remix'), ('IC-RegMixup', 'RegMixup'), ('Mixup', 'ERM'),
+         ('LA', 'ERM'), ('IC-Mixup', 'LA'), ('IC-Mixup + LA', 'IC-Mixup'), ('IC-Mixup + LA', 'LA'),
+         ('Mixup + LA', 'Mixup'), ('ICM contrast, no mixing', 'ERM'), ('ICM contrast, no mixing', 'LA'),
+         ('IC-Mixup', 'ICM contrast, no mixing'), ('IC-Mixup (merge)', 'IC-Mixup'),
+         ('IC-Mixup (merge) + LA', 'IC-Mixup (merge)'), ('IC-Mixup (class)', 'Mixup'), ('IC-Mixup (pair)', 'Mixup')]
+# A run of this (block, method, seed) evaluates every epoch: the learning curve the README shows.
+CURVE_RUN = ('B1', 'IC-Mixup', 0)
+
+
+class Run(NamedTuple):
+    block: str
+    setting: str
+    method: str
+    seed: int
+
+
+def plan(blocks: Sequence[str], seeds: int, extras: bool) -> List[Run]:
+    """Core methods of every block first (seed-major, so each seed's pairs complete together), then extras."""
+    runs = []
+    for part in ('core', 'extras') if extras else ('core',):
+        for block in blocks:
+            for seed in range(seeds):
+                for setting in BLOCKS[block].settings:
+                    runs += [Run(block, setting, m, seed) for m in getattr(BLOCKS[block], part)]
+    return runs
+
+
+def train_argv(run: Run, recipe: str, data_dir: str, out: str) -> List[str]:
+    setting = SETTINGS[run.setting]
+    if recipe == 'cpu':
+        base = os.path.join(HPARAMS, 'cpu', f'{setting.dataset}_resnet20.yaml')
+        schedule = ['--epochs', str(setting.cpu_epochs)]
+    else:
+        base = os.path.join(HPARAMS, 'paper', f'{setting.dataset}_resnet34.yaml')
+        schedule = []
+    method_file, method_flags = METHODS[run.method]
+    if (run.block, run.method, run.seed) == CURVE_RUN:
+        schedule += ['--val-interval', '1']
+    return ['-c', base, '-c', os.path.join(HPARAMS, 'methods', method_file), *setting.flags, *method_flags,
+            *schedule, '--data-dir', data_dir, '--seed', str(run.seed), '--subset-seed', str(run.seed),
+            '--output', out, '--experiment', run_name(run, recipe)]
+
+
+def run_name(run: Run, recipe: str) -> str:
+    name = f'{recipe}-{run.setting}-{run.method}-{run.seed}'
+    return ''.join(c if c.isalnum() or c in '.-' else '_' for c in name)
+
+
+def run_one(job: Tuple[Run, str, str, str, str, str]) -> Dict:
+    """One train_icm.py run in this worker process (one thread); returns its CSV row."""
+    run, recipe, data_dir, out, commit, device = job
+    import torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, ROOT)
+    import contextlib
+    import io
+
+    import train_icm
+    argv = train_argv(run, recipe, data_dir, out)
+    start = time.time()
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        code = train_icm.main(argv + ([] if recipe == 'cpu' else ['--device', 'cuda']))
+    if code != 0:
+        raise RuntimeError(f'train_icm.py {" ".join(argv)} exited {code}:\n{log.getvalue()[-2000:]}')
+    with open(os.path.join(out, run_name(run, recipe), 'summary.csv'), newline='') as f:
+        summary = list(csv.DictReader(f))
+    last = summary[-1]
+    return dict(block=run.block, setting=run.setting, method=run.method, seed=run.seed, recipe=recipe,
+                epochs=len(summary), commit=commit, device=device, top1=float(last['eval_top1']),
+                top5=float(last['eval_top5']), ece=float(last['eval_ece']), seconds=round(time.time() - start, 1))
+
+
+def read_rows(path: str) -> List[Dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r['seed'] = int(r['seed'])
+        for k in ('top1', 'top5', 'ece', 'seconds'):
+            r[k] = float(r[k])
+    return rows
+
+
+def append_row(path: str, row: Dict) -> None:
+    """One line per finished run, flushed to disk at once (a cut-off suite keeps every finished run)."""
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, 'a', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row[k] for k in FIELDS})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def ensure_data(data_dir: str, datasets: Sequence[str]) -> None:
+    """Unpack CIFAR from ../shared/data/cifar into ``data_dir`` where its pickles are missing."""
+    layout = {'cifar10': ('cifar-10-batches-py', 'test_batch'), 'cifar100': ('cifar-100-python', 'test')}
+    missing = [d for d in datasets if not os.path.exists(os.path.join(data_dir, *layout[d]))]
+    if not missing:
+        return
+    unpack = os.path.join(PACK, 'unpack.py')
+    if not os.path.exists(unpack):
+        sys.exit(f'cifar.py: {", ".join(missing)} not in {data_dir} and no pack to unpack at {PACK}: '
+                 f'put the original pickles there (cifar-10-batches-py/, cifar-100-python/)')
+    for d in missing:
+        subprocess.run([sys.executable, unpack, data_dir, '--only', d], check=True)
+
+
+def report(rows: List[Dict], recipe: str) -> str:
+    rows = [r for r in rows if r['recipe'] == recipe]
+    commits = sorted({r['commit'] for r in rows})
+    lines = [f'Recipe `{recipe}`; {len(rows)} runs from commit(s) {", ".join(commits) or "-"}; '
+             f'devices: {"; ".join(sorted({r["device"] for r in rows})) or "-"}.']
+    for block, spec in BLOCKS.items():
+        for setting in spec.settings:
+            cell = [r for r in rows if r['setting'] == setting]
+            if not cell:
+                continue
+            methods = [m for m in METHODS if any(r['method'] == m for r in cell)]
+            epochs = sorted({r['epochs'] for r in cell})
+            minutes = statistics.median(r['seconds'] for r in cell) / 60
+            lines += ['', f'### {block}: {setting} ({"/".join(map(str, epochs))} epochs, '
+                          f'median {minutes:.1f} min per run)', '',
+                      '| method | seeds | top-1 % | top-5 % | ECE % | paper top-1 |', '|---|---|---|---|---|---|']
+            for m in methods:
+                rs = [r for r in cell if r['method'] == m]
+                paper = SETTINGS[setting].paper.get(m)
+                lines.append(f'| {m} | {len(rs)} | {mean_std([r["top1"] for r in rs])} | '
+                             f'{mean_std([r["top5"] for r in rs])} | {mean_std([r["ece"] for r in rs])} | '
+                             f'{paper if paper is not None else "-"} |')
+            by_seed = {(r['method'], r['seed']): r['top1'] for r in cell}
+            pairs = [(a, b) for a, b in PAIRS if a in methods and b in methods]
+            if pairs:
+                lines += ['', 'Paired differences, top-1 points (mean and 95 % t-interval over seeds):', '',
+                          '| comparison | seeds | difference | paper |', '|---|---|---|---|']
+                for a, b in pairs:
+                    diffs = paired_diffs(by_seed, a, b)
+                    paper, deltas = SETTINGS[setting].paper, SETTINGS[setting].paper_deltas
+                    delta = (f'{paper[a] - paper[b]:+.2f}' if a in paper and b in paper
+                             else f'{deltas[(a, b)]:+.2f}' if (a, b) in deltas else '-')
+                    lines.append(f'| {a} − {b} | {len(diffs)} | {paired_interval(diffs)} | {delta} |')
+    return '\n'.join(lines)
+
+
+def plot(rows: List[Dict], recipe: str, path: str) -> bool:
+    rows = [r for r in rows if r['recipe'] == recipe]
+    panels = {s: {m: [r['top1'] for r in rows if r['setting'] == s and r['method'] == m] for m in METHODS}
+              for s in SETTINGS if any(r['setting'] == s for r in rows)}
+    return bool(panels) and bar_panels(panels, path)
+
+
+def write_report(out: str, stem: str, rows: List[Dict], recipes: Sequence[str]) -> None:
+    parts = []
+    for recipe in recipes:
+        if any(r['recipe'] == recipe for r in rows):
+            parts.append(report(rows, recipe))
+            plot(rows, recipe, os.path.join(out, f'{stem}-{recipe}.png'))
+    with open(os.path.join(out, f'{stem}.md'), 'w') as f:
+        f.write('Made by `python benchmarks/cifar.py --report` from `cifar.csv`.\n\n' + '\n\n'.join(parts) + '\n')
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--blocks', nargs='+', default=['B1', 'B2'], choices=list(BLOCKS))
+    parser.add_argument('--seeds', type=int, default=3)
+    parser.add_argument('--extras', action='store_true', help="each block's further methods, after every core run")
+    parser.add_argument('--recipe', default='cpu', choices=['cpu', 'paper'],
+                        help='cpu: ResNet-20, short cosine schedules (hparams/cpu); paper: ResNet-34, 200 epochs, '
+                             'multistep (hparams/paper), on a GPU')
+    parser.add_argument('--jobs', type=int, default=2, help='parallel runs, one thread each')
+    parser.add_argument('--data-dir', default=os.path.join(ROOT, 'data'))
+    parser.add_argument('--runs-dir', default=os.path.join(ROOT, 'output', 'cifar'),
+                        help='where each run writes its folder (summary.csv, checkpoints)')
+    parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results'))
+    parser.add_argument('--device-name', default=None, help='recorded in each row (default: this CPU)')
+    parser.add_argument('--report', action='store_true', help='only write the tables and plots from the CSV')
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    csv_path = os.path.join(args.out, 'cifar.csv')
+    if args.report:
+        write_report(args.out, 'cifar', read_rows(csv_path), ['cpu', 'paper'])
+        print(open(os.path.join(args.out, 'cifar.md')).read())
+        return 0
+
+    done = {(r['recipe'], r['setting'], r['method'], r['seed']) for r in read_rows(csv_path)}
+    todo = [r for r in plan(args.blocks, args.seeds, args.extras)
+            if (args.recipe, r.setting, r.method, r.seed) not in done]
+    ensure_data(args.data_dir, sorted({SETTINGS[r.setting].dataset for r in todo}))
+    commit, device = git_commit(ROOT), args.device_name or cpu_name()
+    print(f'{len(todo)} runs to do ({len(done)} already in {csv_path}); commit {commit}, {device}', flush=True)
+    start = time.time()
+    jobs = [(r, args.recipe, args.data_dir, args.runs_dir, commit, device) for r in todo]
+    if jobs:
+        with mp.get_context('spawn').Pool(args.jobs, maxtasksperchild=1) as pool:
+            for i, row in enumerate(pool.imap_unordered(run_one, jobs), 1):
+                append_row(csv_path, row)
+                eta = (time.time() - start) / i * (len(jobs) - i) / 60
+                print(f'[{i}/{len(jobs)}] {row["setting"]:>17} {row["method"]:<24} seed {row["seed"]}: top-1 '
+                      f'{row["top1"]:.2f} ({row["seconds"]:.0f} s; ~{eta:.0f} min left)', flush=True)
+    write_report(args.out, 'cifar', read_rows(csv_path), ['cpu', 'paper'])
+    print(open(os.path.join(args.out, 'cifar.md')).read())
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""What the benchmark suites share: mean +- std, paired differences with t-intervals, bar plots, the commit."""
+import math
+import os
+import statistics
+import subprocess
+from typing import Dict, Mapping, Sequence
+
+# Two-sided 95 % quantiles of Student's t by degrees of freedom.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if len(values) < 2:
+        return f'{values[0]:.2f}' if values else '-'
+    return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
+
+
+def paired_interval(diffs: Sequence[float]) -> str:
+    """Mean of paired differences and its 95 % t-interval, e.g. ``+1.20 [+0.10, +2.30]``."""
+    if not diffs:
+        return '-'
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return f'{mean:+.2f}'
+    half = T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return f'{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]'
+
+
+def paired_diffs(by_seed: Mapping[tuple, float], a: str, b: str) -> list:
+    """``by_seed[(method, seed)]`` -> the differences a - b over the seeds both have."""
+    return [v - by_seed[(b, s)] for (m, s), v in sorted(by_seed.items(), key=lambda kv: kv[0][1])
+            if m == a and (b, s) in by_seed]
+
+
+def bar_panels(panels: Dict[str, Dict[str, Sequence[float]]], path: str, xlabel: str = 'test top-1 %') -> bool:
+    """One horizontal bar chart per panel (method -> values: mean with a std error bar); False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for ax, (title, methods) in zip(axes[0], panels.items()):
+        names = [m for m, v in methods.items() if v]
+        means = [statistics.mean(methods[m]) for m in names]
+        stds = [statistics.stdev(methods[m]) if len(methods[m]) > 1 else 0. for m in names]
+        ax.barh(range(len(names)), means, xerr=stds,
+                color=['tab:orange' if n.startswith('IC') else 'tab:blue' for n in names])
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        if means:
+            ax.set_xlim(max(0, min(means) - 2 * max(stds + [1])), max(means) + 2 * max(stds + [1]))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def git_commit(root: str) -> str:
+    """The checkout's short commit, with ``+dirty`` when tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(['git', '-C', root, *args], capture_output=True, text=True).stdout.strip()
+    commit = git('rev-parse', '--short', 'HEAD') or 'unknown'
+    return commit + ('+dirty' if git('status', '--porcelain', '--untracked-files=no') else '')
+
+
+def cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return f'{line.split(":", 1)[1].strip()} ({os.cpu_count()} cores)'
+    except OSError:
+        pass
+    return f'CPU ({os.cpu_count()} cores)'
