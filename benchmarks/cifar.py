@@ -79,6 +79,7 @@ class Block(NamedTuple):
     settings: Tuple[str, ...]
     core: Tuple[str, ...]
     extras: Tuple[str, ...]  # run after every block's core methods (--extras)
+    last: bool = False       # the whole block runs after the others' extras: "as far as the budget goes"
 
 
 BLOCKS = {
@@ -87,7 +88,8 @@ BLOCKS = {
                 ('Mixup + LA', 'IC-Mixup (merge)', 'IC-Mixup (merge) + LA')),
     'B2': Block(('CIFAR-100 10 %',), ('Mixup', 'IC-Mixup', 'RegMixup', 'IC-RegMixup'),
                 ('ERM', 'IC-Mixup (class)', 'IC-Mixup (pair)')),
-    'B3': Block(('LT-CIFAR-10 0.1', 'LT-CIFAR-100 0.01'), ('ERM', 'Mixup', 'IC-Mixup', 'Remix', 'IC-Remix', 'LA'), ()),
+    'B3': Block(('LT-CIFAR-10 0.1', 'LT-CIFAR-100 0.01'), ('ERM', 'Mixup', 'IC-Mixup', 'Remix', 'IC-Remix', 'LA'), (),
+                last=True),
 }
 PAIRS = [('IC-Mixup', 'Mixup'), ('IC-Remix', 'Remix'), ('IC-RegMixup', 'RegMixup'), ('Mixup', 'ERM'),
          ('LA', 'ERM'), ('IC-Mixup', 'LA'), ('IC-Mixup + LA', 'IC-Mixup'), ('IC-Mixup + LA', 'LA'),
@@ -106,13 +108,16 @@ class Run(NamedTuple):
 
 
 def plan(blocks: Sequence[str], seeds: int, extras: bool) -> List[Run]:
-    """Core methods of every block first (seed-major, so each seed's pairs complete together), then extras."""
+    """Core methods first (seed-major, so each seed's pairs complete together), then the extras, then the
+    blocks marked ``last``."""
+    stages = [(b, 'core') for b in blocks if not BLOCKS[b].last]
+    stages += [(b, 'extras') for b in blocks if extras and not BLOCKS[b].last]
+    stages += [(b, part) for b in blocks if BLOCKS[b].last for part in ('core', 'extras')[:1 + extras]]
     runs = []
-    for part in ('core', 'extras') if extras else ('core',):
-        for block in blocks:
-            for seed in range(seeds):
-                for setting in BLOCKS[block].settings:
-                    runs += [Run(block, setting, m, seed) for m in getattr(BLOCKS[block], part)]
+    for block, part in stages:
+        for seed in range(seeds):
+            for setting in BLOCKS[block].settings:
+                runs += [Run(block, setting, m, seed) for m in getattr(BLOCKS[block], part)]
     return runs
 
 
