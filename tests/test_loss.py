@@ -10,7 +10,9 @@ from timm.loss import SoftTargetCrossEntropy
 
 from timm_icm import InfiniteClassCrossEntropy, infinite_class_cross_entropy
 import timm_icm.loss as icm_loss
-from timm_icm.loss import any_row_mixed, contrast_nll, duplicate_counts
+import timm_icm.loss_fast as loss_fast
+from timm_icm.loss import any_row_mixed, duplicate_counts
+from timm_icm.loss_fast import MixedTargets, cross_entropies
 
 B, C, D = 12, 7, 5
 
@@ -266,15 +268,41 @@ def test_sparse_path_equals_dense_path(case, axes, duplicates, num_classes):
     torch.testing.assert_close(grads[1], grads[0])
 
 
-def test_sparse_path_gives_nan_for_targets_it_cannot_represent():
-    target = torch.softmax(torch.randn(B, C), dim=1)  # e.g. a teacher's distribution: every class > floor
-    loss = infinite_class_cross_entropy(torch.randn(B, C), target, target_format='sparse')
-    assert torch.isnan(loss)
+def teacher_targets(seed=19, batch_size=B, num_classes=C):
+    """Soft targets no timm mixer makes (every class above the row's minimum), e.g. a teacher's."""
+    logits = torch.randn(batch_size, num_classes, generator=torch.Generator().manual_seed(seed))
+    return torch.softmax(logits, dim=1)
+
+
+def test_sparse_path_raises_for_targets_it_cannot_represent():
+    target = mixed_targets(seed=20).float()
+    target[[4, 9]] = teacher_targets()[[4, 9]]
+    with pytest.raises(ValueError) as info:
+        infinite_class_cross_entropy(torch.randn(B, C), target, target_format='sparse')
+    for words in ("target_format='sparse'", f'2 of {B} rows have three or more classes above their minimum',
+                  f'(row 4: {C - 1} classes)', "pass target_format='dense'"):
+        assert words in str(info.value)
+
+
+def test_sparse_path_asserts_on_the_device_without_a_host_read(monkeypatch):
+    """Where a host read would sync (accelerators), a device-side assertion; on the CPU it raises at once."""
+    monkeypatch.setattr(loss_fast, 'host_reads_are_free', lambda device: False)
+    loss = InfiniteClassCrossEntropy(target_format='sparse')
+    torch.testing.assert_close(loss(torch.ones(B, C), mixed_targets(seed=20).float()), torch.tensor(2 * math.log(B)))
+    with pytest.raises(RuntimeError, match="reached the sparse score path, which cannot represent them; "
+                                           "pass target_format='dense'"):
+        loss(torch.randn(B, C), teacher_targets())
+
+
+def sparse_path_choice(loss, logits, target):
+    """The path ``loss`` takes for this call: 'sparse' where it reads the targets' structure."""
+    classifiers = loss.score_path.classifiers(len(logits), target)
+    return 'sparse' if isinstance(classifiers, MixedTargets) else 'dense'
 
 
 def test_auto_format_checks_the_targets_once_and_picks_the_path_by_size(monkeypatch):
     mixed = mixed_targets(seed=14).float()
-    teacher = torch.softmax(torch.randn(B, C), dim=1)  # e.g. a teacher's distribution: not sparse
+    teacher = teacher_targets()
     logits = torch.randn(B, C)
     dense = {name: infinite_class_cross_entropy(logits, t, target_format='dense') for name, t in
              (('mixed', mixed), ('teacher', teacher))}
@@ -284,23 +312,40 @@ def test_auto_format_checks_the_targets_once_and_picks_the_path_by_size(monkeypa
     torch.testing.assert_close(auto_dense(logits, teacher), dense['teacher'])
     assert auto.sparse_targets is True and auto_dense.sparse_targets is False
     # A batch this small is cheaper as one matrix product, whatever the targets.
-    assert auto.format_for(logits, mixed) == 'dense'
+    assert sparse_path_choice(auto, logits, mixed) == 'dense'
     torch.testing.assert_close(auto(logits, teacher), dense['teacher'])
     # Large enough, the sparse path; the choice about the targets stays: a later batch that does not
-    # fit the sparse structure gives NaN there, never a wrong loss.
-    monkeypatch.setitem(icm_loss.DENSE_SCORE_WORK, 'cpu', B * B * C - 1)
-    assert auto.format_for(logits, mixed) == 'sparse' and auto_dense.format_for(logits, mixed) == 'dense'
+    # fit the sparse structure fails there, loudly, never with a wrong or NaN loss.
+    monkeypatch.setitem(loss_fast.DENSE_SCORE_WORK, 'cpu', B * B * C - 1)
+    assert sparse_path_choice(auto, logits, mixed) == 'sparse'
+    assert sparse_path_choice(auto_dense, logits, mixed) == 'dense'
     torch.testing.assert_close(auto(logits, mixed), dense['mixed'])
-    assert torch.isnan(auto(logits, teacher))
+    with pytest.raises(ValueError, match="target_format='auto', which found the first batch's targets mixed by timm"):
+        auto(logits, teacher)
     torch.testing.assert_close(auto_dense(logits, mixed), dense['mixed'])
 
 
 def test_sparse_pays_off_for_large_b2c_only():
     cpu, accelerator = torch.device('cpu'), torch.device('meta')
-    assert not icm_loss.sparse_pays_off(128, 128, 100, cpu)
-    assert icm_loss.sparse_pays_off(1024, 1024, 1000, cpu)
-    assert not icm_loss.sparse_pays_off(1024, 1024, 1000, accelerator)
-    assert icm_loss.sparse_pays_off(1024, 1024, 21843, accelerator)
+    assert not loss_fast.sparse_pays_off(128, 128, 100, cpu)
+    assert loss_fast.sparse_pays_off(1024, 1024, 1000, cpu)
+    assert not loss_fast.sparse_pays_off(1024, 1024, 1000, accelerator)
+    assert loss_fast.sparse_pays_off(1024, 1024, 21843, accelerator)
+
+
+@pytest.mark.parametrize('target_format', ['dense', 'sparse'])
+@pytest.mark.parametrize('unmixed', ['icm', 'ce'])
+@pytest.mark.parametrize('where', ['logits', 'target'])
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+def test_nan_and_inf_in_the_inputs_propagate_as_in_soft_target_ce(target_format, unmixed, where, bad):
+    """A NaN or inf in a batch reaches the loss (no exception, no silent finite value), as timm's
+    SoftTargetCrossEntropy lets it: the training loop's own checks then see it."""
+    logits, target = torch.randn(B, C), mixed_targets(seed=21).float()
+    {'logits': logits, 'target': target}[where][5, 3] = bad
+    expected = SoftTargetCrossEntropy()(logits, target)
+    assert not torch.isfinite(expected)
+    loss = infinite_class_cross_entropy(logits, target, target_format=target_format, unmixed=unmixed)
+    assert not torch.isfinite(loss)
 
 
 @pytest.mark.parametrize('num_classes', [50, 10])
@@ -328,22 +373,55 @@ def reference_softmax_nll(scores, dim, offset, bias=None):
     return torch.logsumexp(shifted, dim) - positive
 
 
-@pytest.mark.parametrize('dims, shape, offset', [
-    ((0, 1), (9, 9), 0), ((1, 0), (9, 9), 0), ((0,), (12, 5), 4), ((1,), (5, 12), 7)])
+@pytest.mark.parametrize('case, row_shape, column_shape, offset', [
+    ('shared', (9, 9), None, 0), ('rows', (9, 9), None, 0), ('columns', None, (9, 9), 0),
+    ('gathered', (5, 12), (12, 5), 7), ('rows', (5, 12), None, 4), ('columns', None, (12, 5), 4)])
 @pytest.mark.parametrize('with_bias', [False, True])
-def test_contrast_nll_values_and_gradients_match_autograd(dims, shape, offset, with_bias):
+@pytest.mark.parametrize('layout', ['contiguous', 'transposed view'])
+def test_cross_entropies_values_and_gradients_match_autograd(case, row_shape, column_shape, offset, with_bias,
+                                                               layout):
+    """Both terms against plain autograd, for one shared matrix or two (gathered), each laid out
+    either way in memory (the sparse path gives a transposed view), a bias on the class axis."""
     gen = torch.Generator().manual_seed(15)
-    scores = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3).requires_grad_()
-    biases = [torch.rand(shape[dim], generator=gen, dtype=torch.float64) if with_bias and i == 0 else None
-              for i, dim in enumerate(dims)]
-    grad_in = torch.rand((), generator=gen, dtype=torch.float64) + 0.5
-    ours = contrast_nll(scores, dims, offset, biases)
-    expected = sum(reference_softmax_nll(scores, dim, offset, bias).mean() for dim, bias in zip(dims, biases))
-    torch.testing.assert_close(ours, expected)
-    grad = torch.autograd.grad(ours, scores, grad_in, retain_graph=True)[0]
-    torch.testing.assert_close(grad, torch.autograd.grad(expected, scores, grad_in)[0])
+
+    def scores(shape):
+        if layout == 'contiguous':
+            return (torch.randn(shape, generator=gen, dtype=torch.float64) * 3).requires_grad_()
+        return (torch.randn(shape[::-1], generator=gen, dtype=torch.float64) * 3).t().detach().requires_grad_()
+
+    rows = scores(row_shape) if row_shape else None
+    columns = rows if case == 'shared' else scores(column_shape) if column_shape else None
+    bias = torch.rand(row_shape[1], generator=gen, dtype=torch.float64) if with_bias and rows is not None else None
+    grads_in = [torch.rand((), generator=gen, dtype=torch.float64) + 0.5 for _ in range(2)]
+    axes = 'class' if columns is None else 'pair' if rows is None else 'both'
+    class_ce, pair_ce = cross_entropies(rows, columns, axes, offset, bias)
+    assert (class_ce is None) == (rows is None) and (pair_ce is None) == (columns is None)
+    ours = [t for t in (class_ce, pair_ce) if t is not None]
+    expected = [reference_softmax_nll(m, dim, offset, b).mean() for m, dim, b in
+                ((rows, 1, bias), (columns, 0, None)) if m is not None]
+    inputs = list({id(m): m for m in (rows, columns) if m is not None}.values())
+    for value, reference in zip(ours, expected):
+        torch.testing.assert_close(value, reference)
+
+    def grads(outputs, **kwargs):
+        return torch.autograd.grad(outputs, inputs, grads_in[:len(outputs)], **kwargs)
+
+    got = grads(ours, retain_graph=True)
+    for grad, reference in zip(got, grads(expected)):
+        torch.testing.assert_close(grad, reference)
     # The kept softmaxes are not consumed: a second backward through the same graph gives the same.
-    torch.testing.assert_close(torch.autograd.grad(ours, scores, grad_in)[0], grad)
+    for grad, again in zip(got, grads(ours)):
+        torch.testing.assert_close(again, grad)
+
+
+def test_sparse_score_matrix_is_the_product_in_both_layouts():
+    for num_classes in (80, 10):  # C >= 2B gathers columns; C < 2B sums rows of the transpose
+        target = mixed_targets(batch_size=32, num_classes=num_classes, seed=22)
+        logits = torch.randn(20, num_classes, dtype=torch.float64, requires_grad=True)
+        sparse = loss_fast.sparse_score_matrix(logits, MixedTargets.read(target))
+        torch.testing.assert_close(sparse, logits @ target.T)
+        weights = torch.randn(20, 32, dtype=torch.float64)
+        torch.testing.assert_close(torch.autograd.grad((sparse * weights).sum(), logits)[0], weights @ target)
 
 
 def test_loss_is_exact_where_the_positive_softmax_underflows():
@@ -379,17 +457,22 @@ def test_unmixed_icm_contrasts_an_unmixed_batch(target_format):
 @pytest.mark.parametrize('batch', ['mixed', 'unmixed', 'not-sparse'])
 def test_device_path_equals_host_path(monkeypatch, target_format, unmixed, batch):
     """Accelerators compute both branches and select on the device; the CPU reads the flag and
-    computes one. Same values and gradients, NaN included."""
+    computes one. Same values and gradients; targets the sparse path cannot represent fail on both."""
     target = {'mixed': lambda: mixed_targets(seed=18), 'unmixed': unmixed_targets,
-              'not-sparse': lambda: torch.softmax(torch.randn(B, C, dtype=torch.float64), 1)}[batch]()
+              'not-sparse': lambda: teacher_targets().double()}[batch]()
     logits = torch.randn(B, C, dtype=torch.float64, requires_grad=True)
     results = []
     for host in (True, False):
-        monkeypatch.setattr(icm_loss, 'host_reads_are_free', lambda device: host)
+        for module in (icm_loss, loss_fast):
+            monkeypatch.setattr(module, 'host_reads_are_free', lambda device: host)
+        if batch == 'not-sparse' and target_format == 'sparse':  # fails on either path, never NaN
+            with pytest.raises(ValueError if host else RuntimeError, match="target_format='dense'"):
+                infinite_class_cross_entropy(logits, target, target_format=target_format, unmixed=unmixed)
+            continue
         loss = infinite_class_cross_entropy(logits, target, target_format=target_format, unmixed=unmixed)
         results.append((loss, torch.autograd.grad(loss, logits)[0]))
-    torch.testing.assert_close(results[0][0], results[1][0], equal_nan=True)
-    if torch.isfinite(results[0][0]):
+    if results:
+        torch.testing.assert_close(results[0][0], results[1][0])
         torch.testing.assert_close(results[0][1], results[1][1])
 
 
