@@ -27,10 +27,11 @@ HPARAMS = ROOT / 'hparams'
 PAPER = sorted((HPARAMS / 'paper').glob('*.yaml'))
 METHODS = sorted((HPARAMS / 'methods').glob('*.yaml'))
 CPU_BASE = HPARAMS / 'cpu' / 'fmnist_resnet20.yaml'
-CPU_SETTINGS = sorted(p for p in (HPARAMS / 'cpu').glob('*.yaml') if p != CPU_BASE)
+CPU_CIFAR_BASES = sorted((HPARAMS / 'cpu').glob('cifar*_resnet20.yaml'))  # real data: tests/test_cifar_real.py
+CPU_SETTINGS = sorted(p for p in (HPARAMS / 'cpu').glob('*.yaml') if p != CPU_BASE and p not in CPU_CIFAR_BASES)
 
 METHOD_NAMES = {'erm', 'mixup', 'icmixup', 'icmixup_class', 'icmixup_pair',
-                'regmixup', 'icregmixup', 'remix', 'icremix'}
+                'regmixup', 'icregmixup', 'remix', 'icremix', 'la', 'mixup_la', 'icmixup_la'}
 PAPER_DATA = {  # base file -> (dataset, classes, train split, model)
     'cifar10_resnet34': ('torch/cifar10', 10, 'train', 'resnet34_cifar'),
     'cifar100_resnet34': ('torch/cifar100', 100, 'train', 'resnet34_cifar'),
@@ -67,8 +68,9 @@ def run_main(argv):
 def test_every_yaml_is_covered():
     """No YAML escapes the build tests below (a new folder needs a test)."""
     every = set(HPARAMS.rglob('*.yaml')) | set(HPARAMS.rglob('*.yml'))
-    covered = set(PAPER) | set(METHODS) | {CPU_BASE} | set(CPU_SETTINGS)
+    covered = set(PAPER) | set(METHODS) | {CPU_BASE} | set(CPU_SETTINGS) | set(CPU_CIFAR_BASES)
     assert every == covered
+    assert {p.stem for p in CPU_CIFAR_BASES} == {'cifar10_resnet20', 'cifar100_resnet20'}
     assert {p.stem for p in METHODS} == METHOD_NAMES
     assert {p.stem for p in PAPER} == set(PAPER_DATA)
     assert CPU_BASE.is_file() and CPU_SETTINGS
@@ -87,10 +89,10 @@ def test_readme_names_existing_files():
 
 # ----------------------------------------------------------------------------- builds (dry runs)
 
-@pytest.mark.parametrize('base', PAPER, ids=_id)
+@pytest.mark.parametrize('base', PAPER + CPU_CIFAR_BASES, ids=_id)
 def test_paper_base_without_data_fails_in_one_line(base, tmp_path):
-    """CIFAR/ciFAIR are not on this machine: exit 2, one stderr line naming the data set and folder."""
-    dataset = PAPER_DATA[base.stem][0]
+    """A folder without CIFAR/ciFAIR: exit 2, one stderr line naming the data set and folder."""
+    dataset = PAPER_DATA[base.stem][0] if base in PAPER else f'torch/{base.stem.split("_")[0]}'
     for data_dir in (tmp_path, tmp_path / 'absent'):  # an empty folder, a folder that does not exist
         code, _, err = run_main(['-c', base, '--data-dir', data_dir, '--dry-run'])
         lines = err.strip().splitlines()
@@ -181,16 +183,19 @@ def test_deic_wrn_protocol():
     assert optimizer.param_groups[0]['lr'] == pytest.approx(args.lr / 2, rel=1e-3)
 
 
-METHOD_KEYS = {  # mixup alpha, icm, axes, regmixup, remix
-    'erm': (0.0, False, 'both', False, False),
-    'mixup': (0.2, False, 'both', False, False),
-    'icmixup': (0.2, True, 'both', False, False),
-    'icmixup_class': (0.2, True, 'class', False, False),
-    'icmixup_pair': (0.2, True, 'pair', False, False),
-    'regmixup': (20.0, False, 'both', True, False),
-    'icregmixup': (20.0, True, 'both', True, False),
-    'remix': (0.2, False, 'both', False, True),
-    'icremix': (0.2, True, 'both', False, True),
+METHOD_KEYS = {  # mixup alpha, icm, axes, regmixup, remix, logit adjustment tau
+    'erm': (0.0, False, 'both', False, False, 0.0),
+    'mixup': (0.2, False, 'both', False, False, 0.0),
+    'icmixup': (0.2, True, 'both', False, False, 0.0),
+    'icmixup_class': (0.2, True, 'class', False, False, 0.0),
+    'icmixup_pair': (0.2, True, 'pair', False, False, 0.0),
+    'regmixup': (20.0, False, 'both', True, False, 0.0),
+    'icregmixup': (20.0, True, 'both', True, False, 0.0),
+    'remix': (0.2, False, 'both', False, True, 0.0),
+    'icremix': (0.2, True, 'both', False, True, 0.0),
+    'la': (0.0, False, 'both', False, False, 1.0),
+    'mixup_la': (0.2, False, 'both', False, False, 1.0),
+    'icmixup_la': (0.2, True, 'both', False, False, 1.0),
 }
 
 
@@ -198,9 +203,11 @@ METHOD_KEYS = {  # mixup alpha, icm, axes, regmixup, remix
 def test_method_file_sets_the_method(method):
     """Composed after a base and after any other method file, the file alone decides the method."""
     base = HPARAMS / 'paper' / 'cifar100_resnet34.yaml'
-    for before in ([], [HPARAMS / 'methods' / 'icremix.yaml'], [HPARAMS / 'methods' / 'regmixup.yaml']):
+    for before in ([], [HPARAMS / 'methods' / 'icremix.yaml'], [HPARAMS / 'methods' / 'regmixup.yaml'],
+                   [HPARAMS / 'methods' / 'icmixup_la.yaml']):
         args = parse(base, *before, method)
-        assert (args.mixup, args.icm, args.icm_axes, args.regmixup, args.remix) == METHOD_KEYS[method.stem]
+        assert (args.mixup, args.icm, args.icm_axes, args.regmixup, args.remix, args.logit_adjust) \
+            == METHOD_KEYS[method.stem]
         assert args.cutmix == 0.0 and args.smoothing == 0.0 and args.lr == 0.1  # the base is untouched
         if args.regmixup:
             assert args.regmixup_weight == 1.0

@@ -158,6 +158,32 @@ def test_main_help_and_usage(capsys):
     assert capsys.readouterr().err.count('usage: python -m timm_icm.launch SCRIPT') == 2
 
 
+def test_logit_adjust_with_mixing_wraps_the_icm_loss(image_folder, tmp_path):
+    summary = tmp_path / 's.json'
+    assert launch.run(STANDIN, standin_argv(image_folder, summary, '--mixup', '0.2', '--icm', '--logit-adjust', '1',
+                                            '--no-prefetcher')) == 0
+    s = json.loads(summary.read_text())
+    assert s['loss_class'] == 'LogitAdjustedLoss' and 'InfiniteClassCrossEntropy' in s['loss_repr']
+    assert 'tau=1, classes=4' in s['loss_repr'] and np.isfinite(s['final_loss'])
+
+
+def test_logit_adjust_without_mixing_wraps_the_task_criterion(image_folder, tmp_path, capsys):
+    """Mixing off: timm's newest train.py hands its (label-smoothed) CE to ClassificationTask, which gets LA."""
+    args = standin_argv(image_folder, tmp_path / 's.json', '--logit-adjust', '0.5', '--task', '--no-prefetcher')
+    assert launch.run(STANDIN, args) == 0
+    output = ' '.join(''.join(capsys.readouterr()).split())
+    assert ("ICM launch: loss LogitAdjustedLoss( tau=0.5, classes=4 (loss): LabelSmoothingCrossEntropy() ) "
+            "(the training task's criterion)") in output
+    assert 'ClassificationTask: criterion=LogitAdjustedLoss' in output
+
+
+def test_logit_adjust_with_a_loss_the_launcher_never_sees_is_an_error(image_folder, tmp_path):
+    """timm's older train.py calls nn.CrossEntropyLoss directly when mixing is off: LA must not be dropped."""
+    with pytest.raises(launch.LaunchError, match='--logit-adjust: the script finished without calling the '
+                                                 "launcher's loss"):
+        launch.run(STANDIN, standin_argv(image_folder, tmp_path / 's.json', '--logit-adjust', '1', '--no-prefetcher'))
+
+
 # ----------------------------------------------------------------------------- in-process: the library
 
 def test_patch_timm_replaces_and_restores():
@@ -230,6 +256,7 @@ def test_parse_icm_args_reads_the_scripts_config(tmp_path):
     (['--mixup', '0.2', '--icm', '--bce-loss'], '--bce-loss and --icm are two different losses'),
     (['--mixup', '0.2', '--icm-axes', 'sideways'], "invalid choice: 'sideways'"),
     (['--regmixup'], '--regmixup needs mixing'),
+    (['--logit-adjust', '-0.5'], '--logit-adjust must be a finite number >= 0'),
 ])
 def test_parse_icm_args_errors(argv, message):
     with pytest.raises(launch.LaunchError, match=message):

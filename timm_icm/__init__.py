@@ -6,6 +6,7 @@ Swap two objects in a timm pipeline: the mixer (``InfiniteClassMixup`` or, on th
 with timm's model registry.
 """
 from . import models  # noqa: F401  (registers the CIFAR-style models with timm)
+from .logit_adjust import LogitAdjustedLoss
 from .loss import InfiniteClassCrossEntropy, infinite_class_cross_entropy
 from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup
 from .regmixup import RegMixupLoss
@@ -14,5 +15,5 @@ from .remix import remix_label_weight
 __version__ = '0.1.0'
 __all__ = [
     'InfiniteClassCrossEntropy', 'infinite_class_cross_entropy', 'InfiniteClassMixup',
-    'FastCollateInfiniteClassMixup', 'RegMixupLoss', 'remix_label_weight',
+    'FastCollateInfiniteClassMixup', 'RegMixupLoss', 'LogitAdjustedLoss', 'remix_label_weight',
 ]

@@ -5,7 +5,7 @@
 
 The ICM flags (the group of :func:`timm_icm.cli.add_icm_args`: ``--icm``, ``--icm-axes``,
 ``--icm-duplicates``, ``--icm-gather``, ``--regmixup``, ``--regmixup-weight``, ``--remix``,
-``--remix-kappa``, ``--remix-tau``) are taken out of the command line, or out of the YAML file the
+``--remix-kappa``, ``--remix-tau``, ``--logit-adjust``) are taken out of the command line, or out of the YAML file the
 script gets with ``-c/--config``; everything else goes to the script. Before the script runs, the
 objects of timm that it uses to mix and to compute the soft-target loss are replaced:
 
@@ -16,7 +16,9 @@ objects of timm that it uses to mix and to compute the soft-target loss are repl
 - ``timm.loss.SoftTargetCrossEntropy`` (and the one that ``timm.loss.create_classification_loss``
   builds) becomes the training loss of :func:`timm_icm.factory.create_mixed_loss`: the ICM loss
   (Sec. 3, Eq. 9), wrapped in :class:`timm_icm.RegMixupLoss` with ``--regmixup``; without ``--icm``
-  the same flags give the plain baselines on ``SoftTargetCrossEntropy``.
+  the same flags give the plain baselines on ``SoftTargetCrossEntropy``. With ``--logit-adjust TAU``
+  that loss is wrapped in :class:`timm_icm.LogitAdjustedLoss` (prior from the training set's class
+  counts); without mixing, the criterion the script hands to ``timm.task.ClassificationTask`` is.
 
 Everything else (model, data loading, optimiser, schedule, ``--mixup-off-epoch``, checkpoints,
 distributed training) is the script's and timm's. Two additions: the data set names of
@@ -51,7 +53,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 from . import datasets as icm_datasets
 from .cli import ConfigError, add_icm_args, check_icm_args, coerce_config_value, read_config
-from .factory import create_mixed_loss
+from .factory import create_mixed_loss, logit_adjusted
 from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup
 from .subsets import class_counts as count_classes
 
@@ -251,38 +253,46 @@ class Patched:
         self._hooks = []
 
     @property
-    def required(self) -> bool:
-        """True when training without the replaced objects would silently drop an asked-for option."""
+    def needs_mixing(self) -> bool:
+        """True when an asked-for option exists only on mixed batches (ICM, RegMixup, Remix)."""
         return bool(self.args.icm or self.args.regmixup or self.args.remix)
 
+    @property
+    def required(self) -> bool:
+        """True when training without the launcher's loss would silently drop an asked-for option."""
+        return self.needs_mixing or bool(self.args.logit_adjust)
+
     def _what(self) -> str:
-        names = [f for f in ('icm', 'regmixup', 'remix') if getattr(self.args, f)]
-        return ' '.join(f'--{n}' for n in names) or 'the launcher'
+        names = [f for f in ('icm', 'regmixup', 'remix', 'logit_adjust') if getattr(self.args, f)]
+        return ' '.join(f'--{n.replace("_", "-")}' for n in names) or 'the launcher'
 
     # -- mixer
     def _mixer_options(self, cls: type, args: tuple, kwargs: dict) -> dict:
         bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
         bound.apply_defaults()
         given = bound.arguments
-        if self.required and not (given['mixup_alpha'] > 0 or given['cutmix_alpha'] > 0
+        if self.needs_mixing and not (given['mixup_alpha'] > 0 or given['cutmix_alpha'] > 0
                                   or given['cutmix_minmax'] is not None):
             raise LaunchError(f'{self._what()} needs mixing, but the script created its mixer with '
                               f'mixup_alpha=0 and cutmix_alpha=0: set --mixup and/or --cutmix')
         options = dict(regmixup=self.args.regmixup, remix=self.args.remix,
                        remix_kappa=self.args.remix_kappa, remix_tau=self.args.remix_tau)
         if self.args.remix:
-            options['class_counts'] = self._remix_counts(given['num_classes'])
+            options['class_counts'] = self._train_counts('--remix', given['num_classes'])
         return options
 
-    def _remix_counts(self, num_classes: int) -> torch.Tensor:
+    def _train_counts(self, flag: str, num_classes: Optional[int] = None) -> torch.Tensor:
+        """The class counts of the training set the script created (for Remix and logit adjustment)."""
         if self.train_dataset is None:
-            raise LaunchError('--remix needs the class counts of the training set, but the script created no '
+            raise LaunchError(f'{flag} needs the class counts of the training set, but the script created no '
                               'training data set through timm.data.create_dataset(..., is_training=True)')
+        if num_classes is None and self.mixers:
+            num_classes = self.mixers[0].num_classes
         try:
             targets = icm_datasets.dataset_targets(self.train_dataset)
             counts = count_classes(targets, num_classes)
         except (TypeError, ValueError) as e:
-            raise LaunchError(f'--remix needs the class counts of the training set: {e}') from None
+            raise LaunchError(f'{flag} needs the class counts of the training set: {e}') from None
         self.class_counts = counts
         return counts
 
@@ -299,10 +309,18 @@ class Patched:
 
     # -- loss
     def _make_loss(self) -> nn.Module:
-        loss = create_mixed_loss(self.args)
+        return self._adopt(create_mixed_loss(self.args), 'in place of timm.loss.SoftTargetCrossEntropy')
+
+    def _adopt(self, loss: nn.Module, how: str) -> nn.Module:
+        """The run's training loss: ``loss``, logit-adjusted with ``--logit-adjust``, counted and logged."""
+        try:
+            loss = logit_adjusted(self.args, loss, self._train_counts('--logit-adjust')
+                                  if self.args.logit_adjust else None)
+        except ValueError as e:
+            raise LaunchError(f'--logit-adjust: {e}') from None
         self._hooks.append(loss.register_forward_pre_hook(_count_loss_call))
         self.losses.append(loss)
-        _info(f'ICM launch: loss {loss} (in place of timm.loss.SoftTargetCrossEntropy)')
+        _info(f'ICM launch: loss {loss} ({how})')
         return loss
 
     def _on_loss_call(self) -> None:
@@ -312,9 +330,12 @@ class Patched:
                               f'imported some other way (use timm.data.Mixup / timm.data.FastCollateMixup)')
 
     # -- checks
-    def _on_criterion(self, criterion: Any) -> None:
+    def _on_criterion(self, criterion: Any) -> Any:
+        """The criterion the training task gets: checked, and logit-adjusted when only that was asked for."""
         if not self.required or any(criterion is loss for loss in self.losses):
-            return
+            return criterion
+        if not self.needs_mixing and not self.losses and isinstance(criterion, nn.Module):
+            return self._adopt(criterion, "the training task's criterion")
         raise LaunchError(
             f'the script trains with {_describe(criterion)}, not the {self._what()} loss: '
             + self._loss_hint(created=bool(self.losses)))
@@ -337,6 +358,15 @@ class Patched:
         if self.batches == 2 and self.loss_calls == 0:
             raise LaunchError(f'{self._what()}: the launcher\'s loss was not called for the first training batch: '
                               + self._loss_hint(created=True))
+
+
+    def check_trained(self) -> None:
+        """After the script: an asked-for option that no batch ever reached is an error, not a success."""
+        if self.required and self.loss_calls == 0 and _rank() == 0:
+            raise LaunchError(
+                f'{self._what()}: the script finished without calling the launcher\'s loss: it trained with a '
+                f'loss it built itself (without mixing, timm\'s older train.py calls nn.CrossEntropyLoss directly); '
+                f'train through timm.task.ClassificationTask, add --mixup/--cutmix, or use train_icm.py')
 
 
 def _info(message: str) -> None:
@@ -443,7 +473,7 @@ def _wrap_resolve_loss(original):
     def resolve_classification_loss(*args, **kwargs):
         criterion = original(*args, **kwargs)
         if _ACTIVE is not None:
-            _ACTIVE._on_criterion(criterion)
+            criterion = _ACTIVE._on_criterion(criterion)
         return criterion
 
     resolve_classification_loss.__wrapped__ = original
@@ -575,13 +605,15 @@ def run(script: str, argv: Sequence[str] = ()) -> int:
     sys.argv = [script, *script_argv]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python script.py` does
     try:
-        with patch_timm(args):
-            runpy.run_path(script, run_name='__main__')
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            return e.code or 0
-        print(e.code, file=sys.stderr)
-        return 1
+        with patch_timm(args) as patched:
+            try:
+                runpy.run_path(script, run_name='__main__')
+            except SystemExit as e:
+                if e.code is not None and not isinstance(e.code, int):
+                    print(e.code, file=sys.stderr)
+                    return 1
+                return e.code or 0  # e.g. the script's --help: nothing was meant to train
+            patched.check_trained()
     finally:
         sys.argv = saved_argv
         sys.path[:] = saved_path
