@@ -19,6 +19,7 @@ import argparse
 import csv
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -153,6 +154,7 @@ def run_one(job: Tuple[Run, str, str, str, str, str]) -> Dict:
 
     import train_icm
     argv = train_argv(run, recipe, data_dir, out)
+    shutil.rmtree(os.path.join(out, run_name(run, recipe)), ignore_errors=True)  # a run cut off earlier
     start = time.time()
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
@@ -163,7 +165,7 @@ def run_one(job: Tuple[Run, str, str, str, str, str]) -> Dict:
         summary = list(csv.DictReader(f))
     last = summary[-1]
     return dict(block=run.block, setting=run.setting, method=run.method, seed=run.seed, recipe=recipe,
-                epochs=len(summary), commit=commit, device=device, top1=float(last['eval_top1']),
+                epochs=int(last['epoch']) + 1, commit=commit, device=device, top1=float(last['eval_top1']),
                 top5=float(last['eval_top5']), ece=float(last['eval_ece']), seconds=round(time.time() - start, 1))
 
 
