@@ -3,6 +3,9 @@
 Skipped without a GPU (CI has none); run on one with ``pytest tests/test_cuda.py``.
 """
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -69,6 +72,28 @@ def test_forward_and_backward_never_sync_the_host(batch, classes, unmixed, mixed
         assert torch.isfinite(loss).item()
         if unmixed == 'ce' and not mixed:
             torch.testing.assert_close(loss, SoftTargetCrossEntropy()(logits, target))
+
+
+def test_sparse_path_fails_a_device_side_assertion_without_a_host_sync():
+    """Targets the sparse path cannot represent stop the run at its next sync, never a NaN loss.
+    A failed device-side assertion ends the CUDA context, so it runs in a process of its own."""
+    code = (
+        'import torch\n'
+        'from timm_icm import InfiniteClassCrossEntropy\n'
+        'teacher = torch.softmax(torch.randn(64, 100, device="cuda"), 1)\n'
+        'logits = torch.randn(64, 100, device="cuda", requires_grad=True)\n'
+        'loss_fn = InfiniteClassCrossEntropy(target_format="sparse")\n'
+        'torch.cuda.synchronize()\n'
+        'torch.cuda.set_sync_debug_mode("error")\n'
+        'loss = loss_fn(logits, teacher)\n'
+        'torch.cuda.set_sync_debug_mode("default")\n'
+        'print("queued without a sync", flush=True)\n'
+        'print("loss", loss.item(), flush=True)\n')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert 'queued without a sync' in result.stdout, result.stderr[-2000:]
+    assert not result.stdout.splitlines()[-1].startswith('loss') and result.returncode != 0
+    assert 'device-side assert' in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize('amp_dtype', [torch.bfloat16, torch.float16])

@@ -1,4 +1,5 @@
 """InfiniteClassCrossEntropy against plain-torch references and the paper's closed forms."""
+import copy
 import math
 
 import numpy as np
@@ -323,6 +324,22 @@ def test_auto_format_checks_the_targets_once_and_picks_the_path_by_size(monkeypa
     with pytest.raises(ValueError, match="target_format='auto', which found the first batch's targets mixed by timm"):
         auto(logits, teacher)
     torch.testing.assert_close(auto_dense(logits, mixed), dense['mixed'])
+
+
+def test_auto_format_reads_the_first_batch_once_in_a_pre_hook_that_then_leaves():
+    mixed, logits = mixed_targets(seed=14).float(), torch.randn(B, C)
+    auto = InfiniteClassCrossEntropy()
+    twin = copy.deepcopy(auto)  # a copy taken before the first call reads its own first batch
+    assert len(auto._forward_pre_hooks) == 1
+    auto(logits, mixed)
+    assert auto.sparse_targets is True and not auto._forward_pre_hooks
+    assert twin.sparse_targets is None and len(twin._forward_pre_hooks) == 1
+    twin(logits, teacher_targets())
+    assert twin.sparse_targets is False and not twin._forward_pre_hooks
+    direct = InfiniteClassCrossEntropy()  # forward called without the module call (and its hooks)
+    torch.testing.assert_close(direct.forward(logits, mixed), auto(logits, mixed))
+    assert direct.sparse_targets is True
+    assert not InfiniteClassCrossEntropy(target_format='dense')._forward_pre_hooks
 
 
 def test_sparse_pays_off_for_large_b2c_only():

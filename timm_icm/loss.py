@@ -19,8 +19,8 @@ import torch.nn as nn
 from timm.loss import SoftTargetCrossEntropy
 
 from .distributed import gather_rows
-from .loss_fast import MixedTargets, ScorePath, cross_entropies, duplicate_counts, host_reads_are_free, \
-    sparse_score_matrix
+from .loss_fast import MixedTargets, ScorePath, cross_entropies, duplicate_counts, first_batch_pre_hook, \
+    host_reads_are_free, sparse_score_matrix
 
 AXES = ('both', 'class', 'pair')
 DUPLICATES = ('paper', 'merge')
@@ -68,6 +68,8 @@ class InfiniteClassCrossEntropy(nn.Module):
         self.target_format = check_choice('target_format', target_format, TARGET_FORMATS)
         self.unmixed = check_choice('unmixed', unmixed, UNMIXED)
         self.score_path = ScorePath(self.target_format)
+        if self.target_format == 'auto':  # the one host read, before the first forward: outside any compiled graph
+            self.register_forward_pre_hook(first_batch_pre_hook)
 
     @property
     def sparse_targets(self) -> Optional[bool]:

@@ -104,21 +104,14 @@ class MixedTargets:
                 f'mixing of more than two images) pass target_format=\'dense\'.')
 
 
-@torch.compiler.disable(reason="the first batch's target structure is read on the host, once")
-def targets_are_mixed(target: torch.Tensor) -> bool:
-    """Whether every row of ``target`` is a floor plus at most two classes (one host read)."""
-    return target.shape[1] >= 3 and bool(MixedTargets.read(target).fits.all())
-
-
 class ScorePath:
     """Which way a call builds ``M``: the target tensor for the matrix product, or its
     :class:`MixedTargets` for :func:`sparse_score_matrix`.
 
     ``'dense'`` and ``'sparse'`` are fixed. ``'auto'`` reads the first batch's targets once
-    (:func:`targets_are_mixed`, the one host read, a graph break under ``torch.compile``) and keeps
-    the answer in ``sparse_targets``; where they are mixed by timm, each call then takes the sparse
-    path if :func:`sparse_pays_off` for its size. A sparse-path batch that is not mixed by timm
-    fails loudly (:meth:`MixedTargets.check_fits`).
+    (:meth:`read_first_batch`, the one host read) and keeps the answer in ``sparse_targets``; where
+    they are mixed by timm, each call then takes the sparse path if :func:`sparse_pays_off` for its
+    size. A sparse-path batch that is not mixed by timm fails loudly (:meth:`MixedTargets.check_fits`).
     """
 
     def __init__(self, target_format: str):
@@ -135,9 +128,26 @@ class ScorePath:
     def _takes_sparse_path(self, num_images: int, target: torch.Tensor) -> bool:
         if self.target_format != 'auto':
             return self.target_format == 'sparse'
-        if self.sparse_targets is None:
-            self.sparse_targets = targets_are_mixed(target)
+        if self.sparse_targets is None:  # forward called without its pre-hook
+            self.read_first_batch(target)
         return self.sparse_targets and sparse_pays_off(num_images, *target.shape, target.device)
+
+    @torch.compiler.disable(reason="target_format='auto' reads the first batch's targets on the host, once")
+    def read_first_batch(self, target: torch.Tensor) -> None:
+        """Whether every row of ``target`` is a floor plus at most two classes: one host read."""
+        self.sparse_targets = target.shape[1] >= 3 and bool(MixedTargets.read(target.float()).fits.all())
+
+
+@torch.compiler.disable(reason="target_format='auto' reads the first batch's targets on the host, once")
+def first_batch_pre_hook(loss: torch.nn.Module, args: tuple) -> None:
+    """Forward pre-hook of a ``target_format='auto'`` loss: reads the first batch's targets before
+    ``forward`` runs, then removes itself. ``torch.compile`` runs module hooks outside the graph,
+    so even the first compiled call is one graph (``fullgraph=True`` works)."""
+    if len(args) == 2 and isinstance(args[1], torch.Tensor) and args[1].dim() == 2 and args[1].is_floating_point():
+        loss.score_path.read_first_batch(args[1])
+    for key, hook in list(loss._forward_pre_hooks.items()):
+        if hook is first_batch_pre_hook:
+            del loss._forward_pre_hooks[key]
 
 
 def _transposed(matrix: torch.Tensor, block: int = 256) -> torch.Tensor:
