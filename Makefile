@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo venv clean
+.PHONY: test demo venv clean data cifar
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,16 @@ demo: venv
 	  echo "$$method, seed $$seed: $$(grep 'Eval:' $$log | tail -n 1)"; \
 	done; done
 	$(PY) -m timm_icm.report --mean $(foreach s,$(DEMO_SEEDS),output/demo/mixup-$(s) output/demo/icmixup-$(s))
+
+CIFAR_PACK ?= ../shared/data/cifar
+# The real CIFAR-10/100 in their pickle layouts, unpacked into data/ (git-ignored) from the shared pack.
+data: venv
+	@test -f $(CIFAR_PACK)/unpack.py || { echo "no CIFAR pack at $(CIFAR_PACK): put cifar-10-batches-py/ and cifar-100-python/ in data/ yourself"; exit 2; }
+	$(PY) $(CIFAR_PACK)/unpack.py data
+
+# The paper's CIFAR blocks at CPU scale (hours: resumable, rows appended to benchmarks/results/cifar.csv).
+cifar: data
+	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar.py --blocks B1 B2 --seeds 3 --jobs 2
 
 clean:
 	rm -rf $(VENV) output *.egg-info
