@@ -250,12 +250,52 @@ def plot(rows: List[Dict], recipe: str, path: str) -> bool:
     return bool(panels) and bar_panels(panels, path)
 
 
-def write_report(out: str, stem: str, rows: List[Dict], recipes: Sequence[str]) -> None:
+def learning_curve(runs_dir: str, out: str, recipe: str) -> str:
+    """Keep the every-epoch evaluation of ``CURVE_RUN`` (``cifar-curve-RECIPE.csv`` + PNG); its table as text."""
+    block, method, seed = CURVE_RUN
+    setting = BLOCKS[block].settings[0]
+    summary = os.path.join(runs_dir, run_name(Run(block, setting, method, seed), recipe), 'summary.csv')
+    path = os.path.join(out, f'cifar-curve-{recipe}.csv')
+    if os.path.exists(summary):
+        with open(summary, newline='') as f:
+            rows = [r for r in csv.DictReader(f) if r.get('eval_top1')]
+        finished = rows and (recipe != 'cpu' or int(rows[-1]['epoch']) + 1 == SETTINGS[setting].cpu_epochs)
+        if finished:
+            with open(path, 'w', newline='') as f:
+                writer = csv.DictWriter(f, fieldnames=['epoch', 'train_loss', 'eval_top1', 'eval_ece', 'lr'])
+                writer.writeheader()
+                writer.writerows({k: r[k] for k in writer.fieldnames} for r in rows)
+    if not os.path.exists(path):
+        return ''
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([int(r['epoch']) + 1 for r in rows], [float(r['eval_top1']) for r in rows], marker='o')
+        ax.set_xlabel('epoch')
+        ax.set_ylabel('test top-1 %')
+        ax.set_title(f'{method}, {setting}, seed {seed} ({recipe})')
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f'cifar-curve-{recipe}.png'), dpi=90)
+        plt.close(fig)
+    except ImportError:
+        pass
+    return (f'Learning curve ({method}, {setting}, seed {seed}; test top-1 % after each epoch): '
+            + ', '.join(f'{float(r["eval_top1"]):.1f}' for r in rows) + '.')
+
+
+def write_report(out: str, stem: str, rows: List[Dict], recipes: Sequence[str], runs_dir: str) -> None:
     parts = []
     for recipe in recipes:
         if any(r['recipe'] == recipe for r in rows):
             parts.append(report(rows, recipe))
             plot(rows, recipe, os.path.join(out, f'{stem}-{recipe}.png'))
+            curve = learning_curve(runs_dir, out, recipe)
+            if curve:
+                parts.append(curve)
     with open(os.path.join(out, f'{stem}.md'), 'w') as f:
         f.write('Made by `python benchmarks/cifar.py --report` from `cifar.csv`.\n\n' + '\n\n'.join(parts) + '\n')
 
@@ -279,7 +319,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, 'cifar.csv')
     if args.report:
-        write_report(args.out, 'cifar', read_rows(csv_path), ['cpu', 'paper'])
+        write_report(args.out, 'cifar', read_rows(csv_path), ['cpu', 'paper'], args.runs_dir)
         print(open(os.path.join(args.out, 'cifar.md')).read())
         return 0
 
@@ -298,7 +338,7 @@ def main(argv=None) -> int:
                 eta = (time.time() - start) / i * (len(jobs) - i) / 60
                 print(f'[{i}/{len(jobs)}] {row["setting"]:>17} {row["method"]:<24} seed {row["seed"]}: top-1 '
                       f'{row["top1"]:.2f} ({row["seconds"]:.0f} s; ~{eta:.0f} min left)', flush=True)
-    write_report(args.out, 'cifar', read_rows(csv_path), ['cpu', 'paper'])
+    write_report(args.out, 'cifar', read_rows(csv_path), ['cpu', 'paper'], args.runs_dir)
     print(open(os.path.join(args.out, 'cifar.md')).read())
     return 0
 
