@@ -12,18 +12,25 @@
 2. The loss alone, forward + backward, targets from timm's Mixup with label smoothing:
    SoftTargetCrossEntropy vs ICM (automatic: the path the loss picks for the size) vs ICM with the
    dense score matrix vs ICM with the sparse one.
-   Targets: <= 1.5x where C >> B, <= 3x where B >= C.
+   Targets: <= 1.5x where C >> B, <= 3x where B >= C. ``--compare-with COMMIT`` adds the loss as
+   that commit wrote it to the same rotation: a before/after that the machine's drift cannot bias.
 3. Memory: what each loss keeps for its backward (bytes of saved tensors), and ICM's excess over
    SoftTargetCrossEntropy in units of B^2 floats (negative: ICM keeps less).
 
-Prints markdown tables and writes them to ``--out``/cost.md (and cost.csv).
+Prints markdown tables and writes them to ``--out``/cost.md and cost.csv (``--name`` renames them,
+e.g. ``--skip-steps --name cost-loss`` for the loss table alone; a device suffix such as ``-cuda``
+is added off the CPU).
 """
 import argparse
 import csv
+import importlib
 import os
 import platform
 import statistics
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 
@@ -36,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timm  # noqa: E402
 import timm_icm  # noqa: E402,F401
 from timm_icm import InfiniteClassCrossEntropy  # noqa: E402
+from timm_icm.loss_fast import sparse_pays_off  # noqa: E402
 
 STEP_CASES = [  # (model, kwargs, image size, batch, classes)
     ('resnet20_cifar', {}, 32, 128, 10),
@@ -177,8 +185,27 @@ def peak_bytes(fn, device):
     return torch.cuda.max_memory_allocated(device) - before
 
 
+def loss_of_commit(rev):
+    """``InfiniteClassCrossEntropy`` as commit ``rev`` wrote it: its ``timm_icm/loss*.py`` and
+    ``distributed.py``, imported from git as a package of their own, to time before and after in
+    one process."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package = '_icm_loss_' + re.sub(r'\W', '_', rev)
+    folder = os.path.join(tempfile.mkdtemp(), package)
+    os.makedirs(folder)
+    open(os.path.join(folder, '__init__.py'), 'w').close()
+    for name in ('loss.py', 'loss_fast.py', 'distributed.py'):
+        source = subprocess.run(['git', 'show', f'{rev}:timm_icm/{name}'], cwd=root, capture_output=True, text=True)
+        if source.returncode == 0:
+            with open(os.path.join(folder, name), 'w') as f:
+                f.write(source.stdout)
+    sys.path.insert(0, os.path.dirname(folder))
+    return importlib.import_module(f'{package}.loss').InfiniteClassCrossEntropy
+
+
 def loss_benchmark(args, device):
     rows = []
+    before = loss_of_commit(args.compare_with) if args.compare_with else None
     for batch, classes in LOSS_CASES:
         if args.quick and batch * classes > 1024 * 1000:
             continue
@@ -187,6 +214,8 @@ def loss_benchmark(args, device):
         losses = {'soft_ce': SoftTargetCrossEntropy(), 'icm': InfiniteClassCrossEntropy(),
                   'icm_dense': InfiniteClassCrossEntropy(target_format='dense'),
                   'icm_sparse': InfiniteClassCrossEntropy(target_format='sparse')}
+        if before:  # the same loss as some earlier commit wrote it, in the same rotation
+            losses['icm_before'] = before()
 
         def fwd_bwd(loss_fn):
             def run():
@@ -195,19 +224,23 @@ def loss_benchmark(args, device):
             return run
 
         inner = max(3, int(1e7 // (batch * classes)))  # several calls per sample: steadier medians
-        timings = [statistics.median(t) for t in
-                   time_interleaved([fwd_bwd(fn) for fn in losses.values()], args.loss_repeats, 2, device, inner)]
+        times = time_interleaved([fwd_bwd(fn) for fn in losses.values()], args.loss_repeats, 2, device, inner)
+        timings = [statistics.median(t) for t in times]
         base = timings[0]
         memory = {k: saved_bytes(fn, logits.detach().requires_grad_(), target) for k, fn in losses.items()}
-        row = dict(batch=batch, classes=classes, soft_ce_ms=1e3 * base, icm_path=losses['icm'].format_for(logits, target),
+        assert losses['icm'].sparse_targets
+        path = 'sparse' if sparse_pays_off(batch, batch, classes, device) else 'dense'  # what 'auto' takes
+        row = dict(batch=batch, classes=classes, soft_ce_ms=1e3 * base, icm_path=path,
                    icm_ratio=timings[1] / base, icm_dense_ratio=timings[2] / base, icm_sparse_ratio=timings[3] / base,
                    soft_ce_saved_mib=memory['soft_ce'] / 2 ** 20, icm_saved_mib=memory['icm'] / 2 ** 20,
                    extra_saved_b2=(memory['icm'] - memory['soft_ce']) / (4 * batch * batch))
+        if before:
+            row.update(before_commit=args.compare_with, icm_before_ratio=timings[4] / base,
+                       icm_over_before=median_ratio(times[1], times[4]))
         if device.type == 'cuda':
             peaks = {k: peak_bytes(fwd_bwd(fn), device) for k, fn in losses.items()}
             row.update(soft_ce_peak_mib=peaks['soft_ce'] / 2 ** 20, icm_peak_mib=peaks['icm'] / 2 ** 20,
                        extra_peak_b2=(peaks['icm'] - peaks['soft_ce']) / (4 * batch * batch))
-        assert losses['icm'].sparse_targets
         rows.append(row)
         print(f'loss B={batch} C={classes}: SoftTargetCE {row["soft_ce_ms"]:.2f} ms, ICM x{row["icm_ratio"]:.2f} '
               f'({row["icm_path"]}), dense x{row["icm_dense_ratio"]:.2f}, sparse x{row["icm_sparse_ratio"]:.2f}, '
@@ -220,7 +253,8 @@ def loss_benchmark(args, device):
 def markdown(step_rows, loss_rows, args, device):
     lines = [f'Device: {device_name(device)}; torch {torch.__version__}, timm {timm.__version__}; '
              f'threads {torch.get_num_threads()}; amp {args.amp}; channels_last {args.channels_last}; '
-             f'medians of {args.step_repeats} (step) / {args.loss_repeats} (loss) interleaved repeats.', '']
+             f'medians of {args.step_repeats} (step) / {args.loss_repeats} (loss) interleaved repeats; '
+             f'loss code of commit {loss_code_version()}.', '']
     if step_rows:
         lines += ['| model | image | B | C | Mixup step ms | ICM step ms | ICM / Mixup | control: Mixup / Mixup | '
                   'ICM loss - SoftTargetCE ms | 1 + that / Mixup step |', '|---|---|---|---|---|---|---|---|---|---|']
@@ -236,12 +270,32 @@ def markdown(step_rows, loss_rows, args, device):
                   f"{r['icm_dense_ratio']:.2f} | {r['icm_sparse_ratio']:.2f} | "
                   f"{r['soft_ce_saved_mib']:.2f} / {r['icm_saved_mib']:.2f} | "
                   f"{r['extra_saved_b2']:+.1f} |" for r in loss_rows]
+        if 'icm_before_ratio' in loss_rows[0]:
+            before = loss_rows[0]['before_commit']
+            lines += ['', f'| B | C | ICM of commit {before} / SoftTargetCE | ICM / SoftTargetCE | '
+                          f'ICM / ICM of commit {before} (median of the paired rounds) |', '|---|---|---|---|---|']
+            lines += [f"| {r['batch']} | {r['classes']} | {r['icm_before_ratio']:.2f} | {r['icm_ratio']:.2f} | "
+                      f"{r['icm_over_before']:.3f} |" for r in loss_rows]
         if 'icm_peak_mib' in loss_rows[0]:
             lines += ['', '| B | C | peak allocated during fwd+bwd: SoftTargetCE / ICM MiB | '
                       'ICM - SoftTargetCE (B^2 floats) |', '|---|---|---|---|']
             lines += [f"| {r['batch']} | {r['classes']} | {r['soft_ce_peak_mib']:.2f} / {r['icm_peak_mib']:.2f} | "
                       f"{r['extra_peak_b2']:+.1f} |" for r in loss_rows]
     return '\n'.join(lines)
+
+
+def loss_code_version():
+    """The commit of the loss code measured, marked when its files differ from that commit."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = ['timm_icm/loss.py', 'timm_icm/loss_fast.py', 'benchmarks/cost.py']
+    try:
+        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = subprocess.run(['git', 'status', '--porcelain', '--', *files], cwd=root, capture_output=True,
+                                 text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown (no git)'
+    return commit + (' with uncommitted changes' if changed else '')
 
 
 def device_name(device):
@@ -263,6 +317,9 @@ def main(argv=None):
     parser.add_argument('--skip-steps', action='store_true')
     parser.add_argument('--skip-loss', action='store_true')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
+    parser.add_argument('--name', default='cost', help='file name of the results, before the device suffix')
+    parser.add_argument('--compare-with', metavar='COMMIT',
+                        help="also time the loss as this git commit wrote it, in the same rotation (loss table)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     loss_rows = [] if args.skip_loss else loss_benchmark(args, device)
@@ -270,11 +327,11 @@ def main(argv=None):
     table = markdown(step_rows, loss_rows, args, device)
     print('\n' + table)
     os.makedirs(args.out, exist_ok=True)
-    suffix = '' if device.type == 'cpu' else f'-{device.type}'
-    with open(os.path.join(args.out, f'cost{suffix}.md'), 'w') as f:
+    name = args.name + ('' if device.type == 'cpu' else f'-{device.type}')
+    with open(os.path.join(args.out, f'{name}.md'), 'w') as f:
         f.write(f'Command: python benchmarks/cost.py {" ".join(argv if argv is not None else sys.argv[1:])}\n\n')
         f.write(table + '\n')
-    with open(os.path.join(args.out, f'cost{suffix}.csv'), 'w', newline='') as f:
+    with open(os.path.join(args.out, f'{name}.csv'), 'w', newline='') as f:
         for rows in (step_rows, loss_rows):
             if rows:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))
