@@ -1,10 +1,12 @@
 """All-gather for a loss that contrasts each process's rows with the global batch.
 
-As open_clip's contrastive loss does: gather every rank's logits with gradient (the backward sums
-each rank's gradient back to the rank that owns the rows), gather the targets without, and let
-each rank's loss be the mean over its own rows. DDP then averages the gradients, which gives the
-gradient of the global-batch loss. Every rank must hold the same number of rows (``drop_last``).
+As open_clip's contrastive loss does: gather every rank's logits with gradient (torch's
+differentiable all-gather: its backward sums each rank's gradient back to the rank that owns the
+rows), gather the targets, and let each rank's loss be the mean over its own rows. DDP then
+averages the gradients, which gives the gradient of the global-batch loss. Every rank must hold the
+same number of rows (``drop_last``).
 """
+import warnings
 from typing import Tuple
 
 import torch
@@ -18,25 +20,15 @@ def world() -> Tuple[int, int]:
     return 0, 1
 
 
-class _AllGatherRows(torch.autograd.Function):
-    """Concatenate every rank's rows; backward: sum the gradients of all ranks, keep my rows.
-
-    All-reduce + slice rather than reduce-scatter, which gloo (CPU) does not have.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        rank, world_size = world()
-        ctx.rows = slice(rank * tensor.shape[0], (rank + 1) * tensor.shape[0])
-        parts = [torch.empty_like(tensor) for _ in range(world_size)]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad[ctx.rows]
+def all_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``tensor``, concatenated in rank order; differentiable (NCCL and gloo)."""
+    from torch.distributed.nn.functional import all_gather
+    with warnings.catch_warnings():
+        # Deprecated in torch 2.14 for the private _functional_collectives.all_gather_single, which older torch
+        # releases do not differentiate (they had a separate all_gather_tensor_autograd); this one is public.
+        warnings.filterwarnings('ignore', message='torch.distributed.nn.functional.all_gather is deprecated',
+                                category=FutureWarning)
+        return torch.cat(all_gather(tensor), dim=0)
 
 
 def gather_rows(logits: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
@@ -44,7 +36,4 @@ def gather_rows(logits: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tenso
     rank, world_size = world()
     if world_size == 1:
         return logits, target, 0
-    all_logits = _AllGatherRows.apply(logits)
-    parts = [torch.empty_like(target) for _ in range(world_size)]
-    dist.all_gather(parts, target.contiguous())
-    return all_logits, torch.cat(parts, dim=0), rank * logits.shape[0]
+    return all_rows(logits), all_rows(target), rank * logits.shape[0]
