@@ -38,6 +38,7 @@ __all__ = [
     'FASHION_MNIST_MEAN', 'FASHION_MNIST_STD',
 ]
 
+# Training-set statistics (pixel values in [0, 1]); the CIFAR models' pretrained cfgs use them too.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)

@@ -8,14 +8,9 @@ from typing import Any, Dict, Tuple
 
 import torch.nn as nn
 
-__all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'FASHION_MNIST_MEAN', 'FASHION_MNIST_STD', 'cifar_cfg', 'adapt_cfg_to_model']
+from ..transforms import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
-# Per-channel statistics of the CIFAR-10 training set (pixel values in [0, 1]).
-CIFAR_MEAN: Tuple[float, ...] = (0.4914, 0.4822, 0.4465)
-CIFAR_STD: Tuple[float, ...] = (0.2470, 0.2435, 0.2616)
-# Statistics of the Fashion-MNIST training set, used when a model is built with in_chans=1.
-FASHION_MNIST_MEAN: Tuple[float, ...] = (0.2860,)
-FASHION_MNIST_STD: Tuple[float, ...] = (0.3530,)
+__all__ = ['cifar_cfg', 'adapt_cfg_to_model']
 
 
 def cifar_cfg(pool_size: Tuple[int, int] = (8, 8), **kwargs: Any) -> Dict[str, Any]:
@@ -33,8 +28,8 @@ def cifar_cfg(pool_size: Tuple[int, int] = (8, 8), **kwargs: Any) -> Dict[str, A
         'crop_pct': 1.0,
         'interpolation': 'bilinear',
         'fixed_input_size': False,
-        'mean': CIFAR_MEAN,
-        'std': CIFAR_STD,
+        'mean': CIFAR10_MEAN,
+        'std': CIFAR10_STD,
         'first_conv': 'conv1',
         'classifier': 'fc',
         **kwargs,

@@ -1,4 +1,5 @@
-"""What the small CIFAR networks share: stages of residual blocks and timm's pooled linear head."""
+"""What the CIFAR networks share: the 3x3 stride-1 stem conv, the conv init, the builder, and (for the
+networks written here) stages of residual blocks and timm's pooled linear head."""
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -7,6 +8,21 @@ from timm.layers import create_classifier, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint_seq
 
 from ._cifar_cfg import adapt_cfg_to_model
+
+
+def cifar_stem_conv(in_chans: int, out_chs: int, **dd: Any) -> nn.Conv2d:
+    """The CIFAR stem: a 3x3 stride-1 conv without bias, so a 32x32 image keeps its resolution."""
+    return nn.Conv2d(in_chans, out_chs, kernel_size=3, stride=1, padding=1, bias=False, **dd)
+
+
+def init_convs_and_norms(module: nn.Module) -> None:
+    """Kaiming-normal (fan-out) convs, unit/zero norm layers, in ``module`` and below."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class CifarNet(nn.Module):
@@ -49,13 +65,8 @@ class CifarNet(nn.Module):
 
     @torch.jit.ignore
     def init_conv_and_norm(self) -> None:
-        """Kaiming-normal (fan-out) convs, unit/zero norm layers; the classifier keeps PyTorch's init."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        """:func:`init_convs_and_norms` on the whole network; the classifier keeps PyTorch's init."""
+        init_convs_and_norms(self)
 
     def _forward_stages(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -87,10 +98,15 @@ class CifarNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build_cifar_net(cls: type, variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """timm's ``build_model_with_cfg`` (features_only works) with the cfg fitted to the built model."""
-    model = build_model_with_cfg(
-        cls, variant, pretrained, feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)), **kwargs)
+def build_cifar_net(cls: type, variant: str, pretrained: bool = False, stage_features: bool = True,
+                    **kwargs: Any) -> nn.Module:
+    """timm's ``build_model_with_cfg`` (features_only works) with the cfg fitted to the built model.
+
+    ``stage_features``: ``features_only`` takes the stem and the stages of a :class:`CifarNet`;
+    False keeps timm's default feature extraction (for timm's own ResNet).
+    """
+    feature_cfg = dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)) if stage_features else None
+    model = build_model_with_cfg(cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
     if not kwargs.get('features_only', False):
         adapt_cfg_to_model(model)
     return model

@@ -13,10 +13,11 @@ They are built on :class:`timm.models.resnet.ResNet`, so all of timm's ResNet fe
 from typing import Any
 
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ._cifar_cfg import adapt_cfg_to_model, cifar_cfg
+from ._cifar_cfg import cifar_cfg
+from ._cifar_net import build_cifar_net, cifar_stem_conv, init_convs_and_norms
 
 __all__ = ['ResNetCifar']
 
@@ -37,13 +38,10 @@ class ResNetCifar(ResNet):
             raise ValueError('ResNetCifar has no stem pooling; replace_stem_pool is not supported.')
         super().__init__(*args, in_chans=in_chans, **kwargs)
 
-        old = self.conv1
-        stem_chs = self.bn1.num_features
-        self.conv1 = nn.Conv2d(
-            in_chans, stem_chs, kernel_size=3, stride=1, padding=1, bias=False,
-            device=old.weight.device, dtype=old.weight.dtype,
-        )
-        nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
+        imagenet_stem = self.conv1
+        self.conv1 = cifar_stem_conv(in_chans, self.bn1.num_features, device=imagenet_stem.weight.device,
+                                     dtype=imagenet_stem.weight.dtype)
+        init_convs_and_norms(self.conv1)
         self.maxpool = nn.Identity()
 
         # timm's feature_info assumes a stride-4 stem; the CIFAR stem has stride 1.
@@ -53,11 +51,7 @@ class ResNetCifar(ResNet):
 
 
 def _create_resnet_cifar(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
-    features_only = kwargs.get('features_only', False)
-    model = build_model_with_cfg(ResNetCifar, variant, pretrained, **kwargs)
-    if not features_only:
-        adapt_cfg_to_model(model)
-    return model
+    return build_cifar_net(ResNetCifar, variant, pretrained, stage_features=False, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

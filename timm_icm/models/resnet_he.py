@@ -20,7 +20,7 @@ from timm.layers import DropPath, LayerType, get_act_layer, get_norm_layer
 from timm.models import generate_default_cfgs, register_model
 
 from ._cifar_cfg import cifar_cfg
-from ._cifar_net import CifarNet, build_cifar_net
+from ._cifar_net import CifarNet, build_cifar_net, cifar_stem_conv
 
 __all__ = ['ResNetHe', 'BasicBlockHe']
 
@@ -113,7 +113,7 @@ class ResNetHe(CifarNet):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
 
-        self.conv1 = nn.Conv2d(in_chans, stem_width, 3, stride=1, padding=1, bias=False, **dd)
+        self.conv1 = cifar_stem_conv(in_chans, stem_width, **dd)
         self.bn1 = norm_layer(stem_width, **dd)
         self.act1 = act_layer(inplace=True)
         self.feature_info: List[Dict[str, Any]] = [dict(num_chs=stem_width, reduction=1, module='act1')]
