@@ -16,7 +16,7 @@ from timm.data.mixup import FastCollateMixup, Mixup, mixup_target
 from torch.utils.data import default_collate
 
 from .regmixup import stack_clean_and_mixed
-from .remix import check_class_counts, remix_label_weight
+from .remix import check_class_counts, remix_label_weight, remix_thresholds_problem
 
 Lam = Union[float, torch.Tensor]
 
@@ -35,10 +35,9 @@ class _InfiniteClassOptions:
                 raise ValueError('remix=True needs class_counts: the number of training images of each class')
             if getattr(self, 'multi_label', False):
                 raise ValueError('remix=True needs single-label class targets; multi_label=True was given')
-            if not self.remix_kappa >= 1.:
-                raise ValueError(f'remix_kappa must be >= 1; got {remix_kappa!r}')
-            if not 0. <= self.remix_tau <= 1.:
-                raise ValueError(f'remix_tau must be in [0, 1]; got {remix_tau!r}')
+            problem = remix_thresholds_problem(remix_kappa, remix_tau)
+            if problem:
+                raise ValueError(problem)
             self.class_counts = check_class_counts(class_counts, self.num_classes)
         self._counts_by_device = {}
 

@@ -6,10 +6,20 @@ model forward sees both and the layout survives any loader, collate function or 
 mixing is switched off (``mixup_enabled = False``, e.g. past ``--mixup-off-epoch``) the mixer
 returns the clean batch alone with ``[B, C]`` targets, and the loss is then the clean cross-entropy.
 """
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
-from .loss import autocast_off, check_logits_and_targets, soft_target_cross_entropy
+from .loss import autocast_off, check_logits_and_targets, float32_or_wider, soft_target_cross_entropy
+
+
+def regmixup_weight_problem(weight: float, name: str = 'RegMixup weight (eta)') -> Optional[str]:
+    """What is wrong with the RegMixup weight eta (it must be a number >= 0) as one line naming it ``name``,
+    or None."""
+    if not weight >= 0:
+        return f'{name} must be >= 0; got {weight!r}'
+    return None
 
 
 def stack_clean_and_mixed(clean_target: torch.Tensor, mixed_target: torch.Tensor) -> torch.Tensor:
@@ -18,9 +28,8 @@ def stack_clean_and_mixed(clean_target: torch.Tensor, mixed_target: torch.Tensor
 
 
 def _clean_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    with autocast_off(logits.device):
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        return soft_target_cross_entropy(logits.to(dtype), target.to(dtype))
+    with autocast_off(logits.device):  # float32 (or wider) as the ICM loss, whatever the autocast dtype
+        return soft_target_cross_entropy(*float32_or_wider(logits, target))
 
 
 class RegMixupLoss(nn.Module):
@@ -36,8 +45,9 @@ class RegMixupLoss(nn.Module):
         super().__init__()
         if not callable(mixed_loss):
             raise TypeError(f'mixed_loss must be a loss module; got {type(mixed_loss).__name__}')
-        if not weight >= 0:
-            raise ValueError(f'RegMixup weight (eta) must be >= 0; got {weight!r}')
+        problem = regmixup_weight_problem(weight)
+        if problem:
+            raise ValueError(problem)
         self.mixed_loss = mixed_loss
         self.weight = float(weight)
 

@@ -4,9 +4,20 @@ With ``x = lam * x_a + (1 - lam) * x_b`` and training-set class counts ``n``, th
 class a is 0 if ``n_a / n_b >= kappa`` and ``lam < tau``, 1 if ``n_a / n_b <= 1 / kappa`` and
 ``1 - lam < tau``, and ``lam`` otherwise. (The ICM paper's prose writes kappa where tau is meant.)
 """
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
+
+
+def remix_thresholds_problem(kappa: float, tau: float, kappa_name: str = 'remix_kappa',
+                             tau_name: str = 'remix_tau') -> Optional[str]:
+    """What is wrong with Remix's thresholds (kappa >= 1, tau in [0, 1]) as one line naming them
+    ``kappa_name`` / ``tau_name``, or None."""
+    if not kappa >= 1:
+        return f'{kappa_name} must be >= 1; got {kappa!r}'
+    if not 0 <= tau <= 1:
+        return f'{tau_name} must be in [0, 1]; got {tau!r}'
+    return None
 
 
 def check_class_counts(class_counts: Union[Sequence[int], torch.Tensor], num_classes: int) -> torch.Tensor:
