@@ -11,28 +11,31 @@ Everything is timm's library and ``timm_icm``; this file only wires them togethe
 """
 import argparse
 import csv
+import io
 import json
 import logging
 import os
+import random
+import shutil
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from datetime import datetime
 from functools import partial
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 from timm import utils
 from timm.data import create_loader, resolve_data_config
-from timm.models import create_model, safe_model_name
+from timm.models import clean_state_dict, create_model, load_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
 
 import timm_icm  # noqa: F401  (registers the CIFAR-style models)
-from timm_icm import cli, datasets, subsets, transforms
+from timm_icm import cli, datasets, files, subsets, transforms
 from timm_icm.factory import create_mixer, create_train_loss
 from timm_icm.metrics import ClassificationMeter
 
@@ -52,21 +55,110 @@ def input_channels(args: argparse.Namespace) -> int:
 
 def build_model(args: argparse.Namespace) -> nn.Module:
     in_chans = input_channels(args)
+    initial = _initial_checkpoint(args)
     try:
         model = create_model(
             args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=args.num_classes,
             drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block,
-            global_pool=args.gp, bn_momentum=args.bn_momentum, bn_eps=args.bn_eps,
-            checkpoint_path=args.initial_checkpoint or None, **args.model_kwargs)
+            global_pool=args.gp, bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, **args.model_kwargs)
     except RuntimeError as e:
         if 'Unknown model' in str(e):
             raise UsageError(f'{e} (CIFAR-style models of timm_icm: {", ".join(timm_icm.models.CIFAR_MODEL_NAMES)})')
         raise
     if args.num_classes is None:
         args.num_classes = model.num_classes
+    if args.initial_checkpoint:
+        if initial is not None:  # the weights must fit before timm loads them (strictly, as create_model does)
+            mismatch = files.state_dict_mismatch(model.state_dict(), initial)
+            if mismatch:
+                raise UsageError(f'--initial-checkpoint {args.initial_checkpoint}: its weights do not fit {args.model} '
+                                 f'with {args.num_classes} classes and {in_chans} input channel(s): {mismatch}')
+        load_checkpoint(model, args.initial_checkpoint)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
     return model
+
+
+def _initial_checkpoint(args: argparse.Namespace) -> Optional[Dict[str, torch.Tensor]]:
+    """The weights of --initial-checkpoint as timm's ``load_checkpoint`` picks them (EMA first), checked as a file.
+
+    None for formats timm reads by other means (safetensors, numpy).
+    """
+    path = args.initial_checkpoint
+    if not path:
+        return None
+    if path.lower().endswith(('.safetensors', '.npz', '.npy')):
+        files.check_file(path, '--initial-checkpoint')
+        return None
+    checkpoint = files.load_checkpoint(path, '--initial-checkpoint')
+    for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
+        if isinstance(checkpoint.get(key), dict):
+            return clean_state_dict(checkpoint[key])
+    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return clean_state_dict(checkpoint)
+    raise UsageError(f'--initial-checkpoint {path}: holds no model weights (no state_dict, and not a state dict '
+                     f'itself): not a checkpoint of a model')
+
+
+# The settings a resumed run must share with the run that wrote its checkpoint: the model and its
+# outputs, and every option of the ICM flag group (they change the loss being optimised).
+def _resume_settings() -> Tuple[str, ...]:
+    parser = argparse.ArgumentParser(add_help=False)
+    cli.add_icm_args(parser)
+    return ('model', 'num_classes', 'in_chans') + tuple(vars(parser.parse_args([])))
+
+
+def _resume_way_out(path: str) -> str:
+    """Where a user whose --resume file is broken can go on: the newest checkpoint of that run that loads."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    found = files.newest_checkpoint(folder, exclude=[path])
+    if found is None:
+        return f'no checkpoint in {folder} loads: start the run again without --resume'
+    return f'resume from {found[0]} (epoch {found[1]}), the newest checkpoint in {folder} that loads'
+
+
+def load_resume_checkpoint(args: argparse.Namespace, model: nn.Module) -> Dict[str, object]:
+    """The --resume checkpoint, checked before anything trains: a file that loads, written by a run with the
+    same model, class count and ICM options (its ``args``), holding weights that fit the model."""
+    path = args.resume
+    try:
+        checkpoint = files.load_checkpoint(path, '--resume')
+    except files.FileProblem as e:
+        raise UsageError(str(files.FileProblem(e.what, e.path, e.problem, _resume_way_out(path)))) from None
+    saved = checkpoint.get('args')
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved if isinstance(saved, dict) else None
+    run_args = os.path.join(os.path.dirname(os.path.abspath(path)), 'args.yaml')
+    own = f'resume with the settings of that run (-c {run_args})' if os.path.isfile(run_args) else \
+        'resume with the settings of the run that wrote it'
+    if saved is not None:
+        differences = []
+        for dest in _resume_settings():
+            if dest not in saved and dest != 'in_chans':
+                continue
+            then = input_channels(argparse.Namespace(in_chans=saved.get('in_chans'),
+                                                     input_size=saved.get('input_size'))) \
+                if dest == 'in_chans' else saved[dest]
+            now = input_channels(args) if dest == 'in_chans' else getattr(args, dest)
+            if then != now:
+                differences.append(f'--{dest.replace("_", "-")} {_shown(now)} (checkpoint: {_shown(then)})')
+        if differences:
+            raise UsageError(f'--resume {path}: this run differs from the one that wrote the checkpoint: '
+                             f'{", ".join(differences)}; {own}, or start a new run without --resume')
+    state = checkpoint.get('state_dict', checkpoint.get('model'))
+    if not isinstance(state, dict):
+        raise UsageError(f'--resume {path}: holds no model weights (no state_dict): not a training checkpoint; '
+                         f'{_resume_way_out(path)}')
+    mismatch = files.state_dict_mismatch(model.state_dict(), clean_state_dict(state))
+    if mismatch:
+        raise UsageError(f'--resume {path}: its weights do not fit {args.model} with {args.num_classes} classes: '
+                         f'{mismatch}; {own}, or start a new run without --resume')
+    return checkpoint
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return 'on' if value else 'off'
+    return f'{value:g}' if isinstance(value, float) else str(value)
 
 
 def build_datasets(args: argparse.Namespace):
@@ -76,6 +168,8 @@ def build_datasets(args: argparse.Namespace):
                          'class sub-folders with --dataset empty)')
     if not os.path.exists(args.data_dir) and not args.dataset_download:
         raise UsageError(f'{args.dataset or "image folder"}: --data-dir {args.data_dir} does not exist')
+    if args.class_map and args.dataset.lower() not in datasets.DATASET_NAMES:
+        files.check_file(args.class_map, '--class-map')
     img_mode = args.input_img_mode or ('RGB' if input_channels(args) == 3 else 'L')
     common = dict(root=args.data_dir, class_map=args.class_map, download=args.dataset_download,
                   batch_size=args.batch_size, input_img_mode=img_mode)
@@ -84,10 +178,13 @@ def build_datasets(args: argparse.Namespace):
         evaluation = datasets.create_dataset(args.dataset, split=args.val_split, **common) if args.val_split else None
     except FileNotFoundError as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else f'data not found: {args.data_dir}') from None
+    except (files.FileProblem, datasets.DataError) as e:  # a broken data file, a split the data set lacks
+        raise UsageError(str(e)) from None
     except RuntimeError as e:  # timm's folder reader finding no images
         if 'Found 0' not in str(e):
             raise
         raise UsageError(' '.join(str(e).split())) from None
+    check_labels(args, training=train, evaluation=evaluation)
     if evaluation is not None and args.eval_samples_per_class:
         evaluation, _ = subsets.subset_dataset(
             evaluation, samples_per_class=args.eval_samples_per_class, seed=args.subset_seed)
@@ -103,7 +200,69 @@ def build_datasets(args: argparse.Namespace):
         if wants_subset or args.remix or args.logit_adjust:  # these need the training labels
             raise UsageError(f'{args.dataset or "this dataset"} gives no class counts: {e}') from None
         counts = None
+    if counts is not None and len(counts) < args.num_classes:  # classes the model has but the data lacks
+        counts = torch.cat([counts, counts.new_zeros(args.num_classes - len(counts))])
     return train, evaluation, counts
+
+
+def check_labels(args: argparse.Namespace, **named_sets) -> None:
+    """Every class label of the data sets must be an output of the model (--num-classes)."""
+    for name, dataset in named_sets.items():
+        if dataset is None:
+            continue
+        try:
+            targets = datasets.dataset_targets(dataset)
+        except TypeError:  # labels that cannot be read without loading the images: the loss checks them
+            continue
+        if len(targets) == 0:
+            continue
+        low, high = int(targets.min()), int(targets.max())
+        where = f'the {name} set of {args.dataset or args.data_dir}'
+        if low < 0:
+            raise UsageError(f'{where} holds a negative class label ({low}): labels must be 0 ... C-1')
+        if high >= args.num_classes:
+            model = f'--num-classes {args.num_classes}' if args.num_classes_given else \
+                f'{args.model} has {args.num_classes} outputs (its default; no --num-classes)'
+            raise UsageError(f'{model}, but {where} holds class labels up to {high}: set --num-classes {high + 1}')
+
+
+def check_input(args: argparse.Namespace, model: nn.Module, dataset, data_config, device) -> None:
+    """One training image, through its transform and the model (eval mode, no gradient), before any step:
+    the image's channels against --in-chans, --mean/--std against the channels, its size against the model.
+
+    The random state is left as it was, so that a run draws exactly what it would draw without this check.
+    """
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        sample = dataset[0][0]
+    except Exception as e:
+        raise UsageError(f'the first training image cannot be loaded: {" ".join(str(e).split())[:300]}') from None
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+    x = sample if isinstance(sample, torch.Tensor) else torch.as_tensor(np.asarray(sample))
+    x = x.unsqueeze(0) if x.ndim == 2 else x
+    channels = input_channels(args)
+    if x.ndim != 3 or x.shape[0] != channels:
+        mode = args.input_img_mode or ('RGB' if channels == 3 else 'L')
+        raise UsageError(f'the training images reach the model as {list(x.shape)} (channels, height, width; image '
+                         f'mode {mode}) but the model takes {channels} channel(s) (--in-chans / --input-size): '
+                         f'set --input-img-mode to a mode with {channels} channel(s), or --in-chans {x.shape[0]}')
+    for key in ('mean', 'std'):
+        if len(data_config[key]) not in (1, channels):
+            raise UsageError(f'--{key} gives {len(data_config[key])} values for {channels}-channel images: give 1 or '
+                             f'{channels}')
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x.unsqueeze(0).float().to(device))
+    except Exception as e:
+        raise UsageError(f'{args.model} cannot take the training images, {list(x.shape)} after the transform '
+                         f'(--input-size / --img-size): {" ".join(str(e).split())[:300]}') from None
+    finally:
+        model.train(training)
 
 
 def build_loaders(args, data_config, dataset_train, dataset_eval, collate_fn, device):
@@ -136,18 +295,69 @@ def build_loaders(args, data_config, dataset_train, dataset_eval, collate_fn, de
 
 
 def trim_summary(path: str, start_epoch: int) -> None:
-    """Drop rows of epochs that a resumed run will train again, so each epoch appears once."""
+    """Keep the rows of the epochs before ``start_epoch``, each once, so that a resumed run adds every epoch once.
+
+    A row cut short (a run killed while writing it) is dropped; with no row left the file goes, and the next
+    row writes a fresh header.
+    """
     if not os.path.exists(path):
         return
-    with open(path, newline='') as f:
-        rows = list(csv.reader(f))
-    if not rows:
+    header, rows = files.read_csv(path, 'summary')
+    kept = {}
+    for row in rows:
+        try:
+            epoch = int(float(row[0]))
+        except ValueError:
+            continue
+        if epoch < start_epoch:
+            kept[epoch] = row
+    if not kept:
+        os.remove(path)
         return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) < start_epoch]
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.csv')
-    with os.fdopen(fd, 'w', newline='') as f:
-        csv.writer(f).writerows(kept)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    csv.writer(text).writerows([header] + [kept[e] for e in sorted(kept)])
+    files.write_atomic(path, text.getvalue())
+
+
+def append_summary(path: str, epoch: int, train_metrics: Dict, eval_metrics: Optional[Dict], lr: float) -> None:
+    """One epoch's row of summary.csv: timm's ``update_summary`` columns and format (a header when the file is
+    new), written as a whole new file put in place by ``os.replace``: a run killed meanwhile leaves the old one."""
+    row = {'epoch': epoch, **{f'train_{k}': v for k, v in train_metrics.items()}}
+    row.update({f'eval_{k}': v for k, v in (eval_metrics or {}).items()})
+    row['lr'] = lr
+    before = b''
+    if os.path.exists(path):
+        with open(path, 'rb') as f:
+            before = f.read()
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(row))
+    if not before:
+        writer.writeheader()
+    writer.writerow(row)
+    files.write_atomic(path, before + text.getvalue().encode('utf-8'))
+
+
+class RunCheckpointSaver(utils.CheckpointSaver):
+    """timm's ``CheckpointSaver``, each file put in place in one atomic step.
+
+    timm's saver removes ``last.pth.tar`` (and ``model_best.pth.tar``) before it renames or links the new
+    one onto that name: a run killed between the two is left without it. Here the new file is linked (or
+    copied) under a temporary name and renamed over the old one with ``os.replace``, so a kill at any moment
+    leaves either the old complete file or the new complete one.
+    """
+
+    def _replace(self, src, dst):
+        os.replace(src, dst)
+
+    def _duplicate(self, src, dst):
+        tmp = os.path.join(os.path.dirname(dst), f'.link.{os.path.basename(dst)}.tmp')
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except (OSError, NotImplementedError):
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
 
 
 def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, amp_autocast, loss_scaler,
@@ -236,7 +446,10 @@ def train(args: argparse.Namespace, args_text: str) -> int:
                  else f'Training with a single process on {device}.')
     utils.random_seed(args.seed, args.rank)
 
+    args.num_classes_given = args.num_classes is not None
     model = build_model(args)
+    resume_checkpoint = load_resume_checkpoint(args, model) if args.resume else None
+    del resume_checkpoint  # checked only: timm's resume reads it again once the optimizer exists
     if primary:
         _logger.info(f'Model {safe_model_name(args.model)} created, param count: '
                      f'{sum(p.numel() for p in model.parameters())}')
@@ -281,6 +494,7 @@ def train(args: argparse.Namespace, args_text: str) -> int:
     if len(loader_train) == 0:
         raise UsageError(f'the training set has {len(dataset_train)} images, fewer than one batch of '
                          f'{args.batch_size} per process (the last partial batch is dropped): lower --batch-size')
+    check_input(args, model, loader_train.dataset, data_config, device)
     updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
     optimizer, lr_scheduler, num_epochs = _build_optimizer_and_scheduler(args, model, updates_per_epoch)
     if primary:
@@ -291,11 +505,14 @@ def train(args: argparse.Namespace, args_text: str) -> int:
 
     resume_epoch = None
     if args.resume:
-        if not os.path.isfile(args.resume):
-            raise UsageError(f'--resume: no checkpoint at {args.resume}')
-        resume_epoch = resume_task_checkpoint(
-            task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=primary)
+        try:
+            resume_epoch = resume_task_checkpoint(
+                task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+                loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=primary)
+        except (RuntimeError, ValueError, KeyError) as e:  # e.g. optimizer state of another --opt
+            raise UsageError(f'--resume {args.resume}: cannot restore the training state '
+                             f'({" ".join(str(e).split())[:200]}); resume with the settings of the run that wrote '
+                             f'it, or add --no-resume-opt to keep its weights only') from None
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device='cpu' if args.model_ema_force_cpu else None)
@@ -311,18 +528,21 @@ def train(args: argparse.Namespace, args_text: str) -> int:
     saver, output_dir = None, None
     start_epoch = args.start_epoch if args.start_epoch is not None else (resume_epoch or 0)
     if primary:
-        output_dir = output_folder(args, data_config)
-        saver = utils.CheckpointSaver(
+        try:
+            output_dir = output_folder(args, data_config)
+        except OSError as e:
+            raise UsageError(f'--output {args.output or "./output/train"}: cannot create the run folder '
+                             f'({e.strerror or e})') from None
+        files.remove_stale_temporaries(output_dir, ['summary.csv', 'args.yaml', 'class_counts.json', 'link'])
+        saver = RunCheckpointSaver(
             model=task.get_trainable_module(), optimizer=optimizer, args=args, amp_scaler=loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=eval_metric == 'loss',
             max_history=args.checkpoint_hist, task=task)
         if args.resume and os.path.dirname(os.path.abspath(args.resume)) == output_dir:
             saver.load_state_dict_from_checkpoint(args.resume)
-        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
-            f.write(args_text)
+        files.write_atomic(os.path.join(output_dir, 'args.yaml'), args_text)
         if class_counts is not None:
-            with open(os.path.join(output_dir, 'class_counts.json'), 'w') as f:
-                json.dump(class_counts.tolist(), f)
+            files.write_atomic(os.path.join(output_dir, 'class_counts.json'), json.dumps(class_counts.tolist()))
         trim_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
         _logger.info(f'Output folder: {output_dir}')
     if lr_scheduler is not None and start_epoch > 0:
@@ -360,8 +580,8 @@ def train(args: argparse.Namespace, args_text: str) -> int:
                 row_eval = {k: '' for k in EVAL_KEYS}
             else:
                 row_eval = eval_metrics
-            utils.update_summary(epoch, train_metrics, row_eval, os.path.join(output_dir, 'summary.csv'),
-                                 lr=sum(lrs) / len(lrs))
+            append_summary(os.path.join(output_dir, 'summary.csv'), epoch, train_metrics, row_eval,
+                           lr=sum(lrs) / len(lrs))
             metric = (eval_metrics or train_metrics).get(eval_metric)
             best = saver.save_checkpoint(epoch, metric=metric)
         if lr_scheduler is not None:
@@ -411,7 +631,7 @@ def main(argv: Optional[list] = None) -> int:
     args, args_text = cli.parse_args(argv)
     try:
         return train(args, args_text)
-    except UsageError as e:
+    except (UsageError, files.FileProblem) as e:
         print(f'train_icm.py: error: {e}', file=sys.stderr)
         return 2
 

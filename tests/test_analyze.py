@@ -138,7 +138,7 @@ def test_errors(analysed, capsys, tmp_path):
     checkpoints, _, _, _, data_dir = analysed
     common = ['--data-dir', data_dir, '--output', str(tmp_path), '--no-plot', '--no-progress']
     one_line_error(capsys, ['--checkpoint', str(tmp_path / 'nope.pth.tar'), '--dataset', 'torch/fashion_mnist',
-                            *common], 'checkpoint not found')
+                            *common], 'nope.pth.tar: does not exist')
     one_line_error(capsys, ['--checkpoint', checkpoints[0], '--dataset', 'torch/nonexistent', *common],
                    "unknown dataset 'torch/nonexistent'")
     one_line_error(capsys, ['--checkpoint', checkpoints[0], '--dataset', 'torch/fashion_mnist', '--data-dir',

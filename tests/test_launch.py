@@ -145,7 +145,7 @@ def test_run_loss_created_but_not_used_stops_at_the_second_batch(image_folder, t
 
 
 def test_run_missing_script():
-    with pytest.raises(launch.LaunchError, match='no training script'):
+    with pytest.raises(launch.LaunchError, match='training script /nonexistent/train.py: does not exist'):
         launch.run('/nonexistent/train.py', ['--mixup', '0.2', '--icm'])
 
 

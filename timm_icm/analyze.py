@@ -42,8 +42,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import yaml
 from torch.utils.data import Dataset
+
+from . import files
 
 __all__ = ['AnalysisError', 'Figure4', 'lambdas', 'load_model', 'run_config', 'eval_transform', 'create_eval_dataset',
            'select_images', 'pair_statistics', 'summarise', 'plot', 'main']
@@ -67,16 +68,14 @@ def lambdas(steps: int = 11) -> torch.Tensor:
 # ----------------------------------------------------------------------------- model and run config
 
 def _load_checkpoint(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise AnalysisError(f'checkpoint not found: {path}')
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # not a checkpoint, or one holding objects a weights-only load refuses
-        raise AnalysisError(f'cannot read checkpoint {path}: {" ".join(str(e).split())[:300]}') from None
-    if not isinstance(checkpoint, dict):
-        raise AnalysisError(f'{path} is not a timm checkpoint (a dict with a state_dict)')
-    return checkpoint
+        return files.load_checkpoint(path, '--checkpoint')
+    except files.FileProblem as e:
+        folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        found = files.newest_checkpoint(folder, exclude=[path])
+        way_out = (f'analyse {found[0]} (epoch {found[1]}), the newest checkpoint in {folder} that loads'
+                   if found else None)
+        raise AnalysisError(str(files.FileProblem(e.what, e.path, e.problem, way_out))) from None
 
 
 def run_config(checkpoint_path: str, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
@@ -88,11 +87,16 @@ def run_config(checkpoint_path: str, checkpoint: Dict[str, Any]) -> Dict[str, An
     elif isinstance(saved, dict):
         config.update(saved)
     args_yaml = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), 'args.yaml')
-    if os.path.isfile(args_yaml):
-        with open(args_yaml) as f:
-            loaded = yaml.safe_load(f)
-        if isinstance(loaded, dict):
-            config.update(loaded)
+    if os.path.lexists(args_yaml):
+        way_out = "repair or remove it (without it the checkpoint's own args are used)"
+        try:
+            loaded = files.load_yaml(args_yaml, "the run's args.yaml", way_out)
+        except files.FileProblem as e:
+            raise AnalysisError(str(e)) from None
+        if not isinstance(loaded, dict):
+            raise AnalysisError(f"the run's args.yaml {args_yaml}: holds a {type(loaded).__name__}, not the run's flags "
+                                f"(a mapping); {way_out}")
+        config.update(loaded)
     return config
 
 
@@ -103,8 +107,10 @@ def _state_dict(checkpoint: Dict[str, Any], use_ema: bool, path: str) -> Dict[st
             raise AnalysisError(f'{path} holds no EMA weights (state_dict_ema); drop --use-ema')
         if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
             return checkpoint  # a bare state dict
-        raise AnalysisError(f'{path} holds no state_dict')
+        raise AnalysisError(f'--checkpoint {path}: holds no state_dict: not a checkpoint of a model')
     state = checkpoint[key]
+    if not isinstance(state, dict):
+        raise AnalysisError(f'--checkpoint {path}: its {key} is a {type(state).__name__}, not the weights of a model')
     # Weights saved from DDP or torch.compile wrappers.
     return {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in state.items()}
 
@@ -192,7 +198,7 @@ def create_eval_dataset(name: str, data_dir: str, split: str, in_chans: int, tra
                                  input_img_mode='RGB' if in_chans == 3 else 'L')
     except AssertionError as e:  # timm's factory on a torch/... name it does not know
         raise AnalysisError(f'unknown dataset {name!r}: {" ".join(str(e).split())}') from None
-    except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
+    except (FileNotFoundError, files.FileProblem, ValueError, RuntimeError, TypeError) as e:
         message = ' '.join(str(e).split()) or f'cannot read dataset {name!r}'
         if 'Found 0' in message and name:  # timm reads a name without a known prefix as an image folder
             message = f'unknown dataset {name!r} (read as an image folder: {message})'
@@ -432,7 +438,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     flags = create_parser().parse_args(argv)
     try:
         return _main(flags)
-    except AnalysisError as e:
+    except (AnalysisError, files.FileProblem) as e:
         print(f'{PROG}: error: {e}', file=sys.stderr)
         return 2
 
@@ -449,7 +455,10 @@ def _main(flags: argparse.Namespace) -> int:
     labels = flags.label or [_run_label(r.checkpoint, r.config) for r in runs]
     if len(set(labels)) != len(labels):
         labels = [f'{label}_{i}' for i, label in enumerate(labels)]
-    os.makedirs(flags.output, exist_ok=True)
+    try:
+        os.makedirs(flags.output, exist_ok=True)
+    except OSError as e:
+        raise AnalysisError(f'--output {flags.output}: cannot create the folder ({e.strerror or e})') from None
 
     results, meta, cache = [], [], {}
     for run, label in zip(runs, labels):

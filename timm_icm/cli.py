@@ -9,12 +9,12 @@ Several ``-c`` files compose: later files override earlier ones, the command lin
 """
 import argparse
 import math
-import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 from timm import utils
 
+from .files import FileProblem, load_yaml
 from .loss import AXES, DUPLICATES, UNMIXED
 
 MIXUP_MODES = ('batch', 'pair', 'elem', 'half')
@@ -50,8 +50,57 @@ def add_icm_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return group
 
 
+def _number_problem(flag: str, value: Any, low: float, high: float = math.inf, low_open: bool = False,
+                    high_open: bool = False, meaning: str = '') -> Optional[str]:
+    """The message for a number flag outside its range (NaN and infinities included), or None."""
+    if value is None:
+        return None
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and \
+        (value < high if high_open else value <= high)
+    if ok:
+        return None
+    if high == math.inf:
+        bound = f'a finite number {">" if low_open else ">="} {low:g}'
+    else:
+        bound = f'in {"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
+    return f'{flag} must be {bound}{meaning}; got {value}'
+
+
+def check_mixing_args(args: argparse.Namespace) -> Optional[str]:
+    """The first mixing parameter (timm's and ICM's) that is negative, non-finite or out of its range, or None.
+
+    Flags a namespace lacks (e.g. the launcher reads only some of the script's) are skipped.
+    """
+    def get(dest):
+        return getattr(args, dest, None)
+
+    for problem in (
+            _number_problem('--mixup', get('mixup'), 0, meaning=' (the Beta(alpha, alpha) of Mixup; 0 is off)'),
+            _number_problem('--cutmix', get('cutmix'), 0, meaning=' (the Beta(alpha, alpha) of CutMix; 0 is off)'),
+            _number_problem('--mixup-prob', get('mixup_prob'), 0, 1),
+            _number_problem('--mixup-switch-prob', get('mixup_switch_prob'), 0, 1),
+            _number_problem('--smoothing', get('smoothing'), 0, 1, high_open=True),
+            _number_problem('--regmixup-weight', get('regmixup_weight'), 0),
+            _number_problem('--remix-kappa', get('remix_kappa'), 1),
+            _number_problem('--remix-tau', get('remix_tau'), 0, 1),
+            _number_problem('--logit-adjust', get('logit_adjust'), 0, meaning=' (0 is off)')):
+        if problem:
+            return problem
+    minmax = get('cutmix_minmax')
+    if minmax is not None and not (len(minmax) == 2 and all(math.isfinite(v) for v in minmax)
+                                   and 0 <= minmax[0] < minmax[1] <= 1):
+        return (f'--cutmix-minmax takes two numbers MIN MAX with 0 <= MIN < MAX <= 1 (the box size relative to '
+                f'the image); got {" ".join(f"{v:g}" for v in minmax)}')
+    if (get('mixup_off_epoch') or 0) < 0:
+        return f'--mixup-off-epoch must be >= 0 (0 is never); got {args.mixup_off_epoch}'
+    return None
+
+
 def check_icm_args(args: argparse.Namespace) -> Optional[str]:
-    """The first problem with the ICM flags as a one-line message, or None."""
+    """The first problem with the mixing and ICM flags as a one-line message, or None."""
+    problem = check_mixing_args(args)
+    if problem:
+        return problem
     mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     for flag in ('icm', 'regmixup', 'remix'):
         if getattr(args, flag) and not mixup_active:
@@ -60,14 +109,6 @@ def check_icm_args(args: argparse.Namespace) -> Optional[str]:
     for dest, default in defaults.items():
         if getattr(args, dest) != default and not args.icm:
             return f'--{dest.replace("_", "-")} only applies to the ICM loss: add --icm'
-    if args.regmixup_weight < 0:
-        return f'--regmixup-weight must be >= 0; got {args.regmixup_weight}'
-    if not math.isfinite(args.logit_adjust) or args.logit_adjust < 0:
-        return f'--logit-adjust must be a finite number >= 0 (0 is off); got {args.logit_adjust}'
-    if args.remix_kappa < 1:
-        return f'--remix-kappa must be >= 1; got {args.remix_kappa}'
-    if not 0 <= args.remix_tau <= 1:
-        return f'--remix-tau must be in [0, 1]; got {args.remix_tau}'
     if getattr(args, 'mixup_mode', 'batch') not in MIXUP_MODES:
         return f'--mixup-mode must be one of {", ".join(MIXUP_MODES)}; got {args.mixup_mode!r}'
     if getattr(args, 'bce_loss', False) and args.icm:
@@ -294,13 +335,10 @@ def coerce_config_value(action: argparse.Action, value: Any, where: str) -> Any:
 
 def read_config(path: str) -> Dict[str, Any]:
     """One YAML config file as a mapping of flag destinations (``batch-size`` -> ``batch_size``) to values."""
-    if not os.path.isfile(path):
-        raise ConfigError(f'config file not found: {path}')
-    with open(path) as f:
-        try:
-            cfg = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f'config {path} is not valid YAML: {" ".join(str(e).split())}') from None
+    try:
+        cfg = load_yaml(path, 'config')
+    except FileProblem as e:
+        raise ConfigError(str(e)) from None
     if cfg is None:
         return {}
     if not isinstance(cfg, dict):
@@ -352,6 +390,17 @@ def _check_data_settings(args: argparse.Namespace) -> Optional[str]:
         return f'--eval-samples-per-class must be >= 1; got {args.eval_samples_per_class}'
     if args.imbalance_ratio is not None and not 0 < args.imbalance_ratio <= 1:
         return f'--imbalance-ratio must be in (0, 1]; got {args.imbalance_ratio}'
+    if args.batch_size < 1:
+        return f'--batch-size must be >= 1; got {args.batch_size}'
     if args.batch_size < 2 and (args.mixup > 0 or args.cutmix > 0):
         return f'mixing pairs images within a batch: --batch-size must be >= 2; got {args.batch_size}'
+    if args.num_classes is not None and args.num_classes < 1:
+        return f'--num-classes must be >= 1; got {args.num_classes}'
+    if args.in_chans is not None and args.in_chans < 1:
+        return f'--in-chans must be >= 1; got {args.in_chans}'
+    if args.input_size is not None and min(args.input_size) < 1:
+        return f'--input-size takes CHANNELS HEIGHT WIDTH, each >= 1; got {" ".join(map(str, args.input_size))}'
+    if args.in_chans is not None and args.input_size is not None and args.in_chans != args.input_size[0]:
+        return (f'--in-chans {args.in_chans} and --input-size {" ".join(map(str, args.input_size))} disagree on the '
+                f'number of channels: give one of them, or the same count in both')
     return None

@@ -35,7 +35,10 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision.datasets import VisionDataset
 
+from .files import FileProblem, check_file, read_bytes, reading
+
 __all__ = [
+    'DataError',
     'create_dataset',
     'dataset_targets',
     'read_idx',
@@ -86,6 +89,18 @@ _CIFAR_LAYOUT = {
 }
 
 
+
+class DataError(ValueError):
+    """A data set that cannot be used as asked (a split it lacks, too few images, files that disagree).
+
+    One line naming the data set; broken files raise :class:`timm_icm.files.FileProblem` (also a
+    ``ValueError``), missing ones ``FileNotFoundError``.
+    """
+
+
+# What to do about a broken data file, whatever its layout.
+_DATA_WAY_OUT = 'replace it with a complete copy (download or unpack the data set again)'
+
 # ----------------------------------------------------------------------------- IDX (MNIST format)
 
 _IDX_DTYPES = {
@@ -94,23 +109,27 @@ _IDX_DTYPES = {
 }
 
 
-def read_idx(path: str) -> torch.Tensor:
-    """Read one IDX file (plain or gzip-compressed, judged by its magic bytes) into a tensor."""
-    with open(path, 'rb') as f:
-        head = f.read(2)
-    opener = gzip.open if head == b'\x1f\x8b' else open
-    with opener(path, 'rb') as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()!r})")
+def read_idx(path: str, what: str = 'IDX file') -> torch.Tensor:
+    """Read one IDX file (plain or gzip-compressed, judged by its magic bytes) into a tensor.
+
+    A missing, empty, unreadable, truncated or foreign file raises :class:`timm_icm.files.FileProblem`
+    (a ``ValueError``) naming it.
+    """
+    blob = read_bytes(path, what, 'an IDX file', _DATA_WAY_OUT)
+    if blob[:2] == b'\x1f\x8b':
+        with reading(path, what, 'a complete gzip file', _DATA_WAY_OUT, check=False):
+            blob = gzip.decompress(blob)
+    raw = blob
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or len(raw) < 4 + 4 * raw[3]:
+        raise FileProblem(what, path, f"is not an IDX file (magic bytes {raw[:4].hex()!r})", _DATA_WAY_OUT)
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim))
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - offset != expected:
-        raise ValueError(
-            f"{path}: IDX header says shape {shape} ({expected} bytes) but {len(raw) - offset} follow")
+        raise FileProblem(what, path, f"is truncated or corrupt: its IDX header says shape {shape} ({expected} bytes) "
+                                      f"but {len(raw) - offset} follow", _DATA_WAY_OUT)
     arr = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)), offset=offset)
     return torch.from_numpy(arr.astype(dtype.newbyteorder('='), copy=True).reshape(shape))
 
@@ -177,12 +196,13 @@ class FashionMNISTIDX(_ImagesInMemory):
             paths = self._locate(root, train)
         if paths is None:
             raise _fmnist_missing('fashion_mnist', root, train)
-        self.data = read_idx(paths[0])
-        self.targets = read_idx(paths[1]).long()
+        self.data = read_idx(paths[0], 'fashion_mnist images file')
+        self.targets = read_idx(paths[1], 'fashion_mnist labels file').long()
         if self.data.ndim != 3 or self.targets.ndim != 1 or len(self.data) != len(self.targets):
-            raise ValueError(
+            raise DataError(
                 f"fashion_mnist: {paths[0]} holds {tuple(self.data.shape)} images but "
-                f"{paths[1]} holds {tuple(self.targets.shape)} labels")
+                f"{paths[1]} holds {tuple(self.targets.shape)} labels: one of them is from another copy; "
+                f"{_DATA_WAY_OUT}")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     @classmethod
@@ -220,27 +240,38 @@ class _Source:
     def __repr__(self) -> str:
         return self.path if self.zip_prefix is None else f'{self.path}:{self.zip_prefix}'
 
+    def shown(self, name: str) -> str:
+        """How the file ``name`` of this source is named in messages."""
+        return os.path.join(self.path, name) if self.zip_prefix is None else f'{self.path}:{self.zip_prefix}{name}'
+
     def has(self, names: Sequence[str]) -> bool:
         if self.zip_prefix is None:
             return all(os.path.isfile(os.path.join(self.path, n)) for n in names)
-        with zipfile.ZipFile(self.path) as zf:
-            members = set(zf.namelist())
-        return all(self.zip_prefix + n in members for n in names)
+        return all(self.zip_prefix + n in _zip_members(self.path) for n in names)
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, what: str = 'data file') -> bytes:
         if self.zip_prefix is None:
-            with open(os.path.join(self.path, name), 'rb') as f:
-                return f.read()
-        with zipfile.ZipFile(self.path) as zf:
-            return zf.read(self.zip_prefix + name)
+            return read_bytes(os.path.join(self.path, name), what, 'a file of this data set', _DATA_WAY_OUT)
+        with reading(self.path, what, 'a complete zip archive', _DATA_WAY_OUT, shown=self.shown(name)):
+            with zipfile.ZipFile(self.path) as zf:
+                return zf.read(self.zip_prefix + name)
+
+    def load(self, name: str, what: str) -> Dict[str, Any]:
+        """The pickled dict in file ``name`` (CIFAR's batches and meta files)."""
+        blob = self.read(name, what)
+        with reading(self.path, what, 'a CIFAR pickle', _DATA_WAY_OUT, check=False, shown=self.shown(name)):
+            obj = pickle.load(io.BytesIO(blob), encoding='latin1')  # Python 2 pickles; latin1 keeps numpy intact
+        if not isinstance(obj, dict):
+            raise FileProblem(what, self.shown(name), f'holds a pickled {type(obj).__name__}, not a CIFAR file (a dict)',
+                              _DATA_WAY_OUT)
+        return {k.decode('latin1') if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
     @staticmethod
     def in_zip(path: str, names: Sequence[str]) -> Optional['_Source']:
         """The folder inside zip ``path`` that holds all ``names`` (shallowest first)."""
         if not zipfile.is_zipfile(path):
             return None
-        with zipfile.ZipFile(path) as zf:
-            members = set(zf.namelist())
+        members = _zip_members(path)
         prefixes = sorted({m[:-len(names[0])] for m in members
                            if m.endswith(names[0]) and (m == names[0] or m[-len(names[0]) - 1] == '/')},
                           key=lambda p: (p.count('/'), p))
@@ -250,12 +281,10 @@ class _Source:
         return None
 
 
-def _unpickle(blob: bytes, what: str) -> Dict[str, Any]:
-    # CIFAR's batches are Python 2 pickles; latin1 keeps their numpy arrays intact.
-    obj = pickle.load(io.BytesIO(blob), encoding='latin1')
-    if not isinstance(obj, dict):
-        raise ValueError(f"{what}: expected a pickled dict, found {type(obj).__name__}")
-    return {k.decode('latin1') if isinstance(k, bytes) else k: v for k, v in obj.items()}
+def _zip_members(path: str) -> set:
+    with reading(path, 'zip archive', 'a complete zip archive', _DATA_WAY_OUT):
+        with zipfile.ZipFile(path) as zf:
+            return set(zf.namelist())
 
 
 def _decode(v: Any) -> Any:
@@ -301,22 +330,40 @@ class CIFARPickle(_ImagesInMemory):
         self.variant = variant
         self.input_img_mode = input_img_mode
         data, targets = [], []
+        what = f'{name} file'
         for n in names:
-            entry = _unpickle(source.read(n), f'{source}/{n}')
-            data.append(np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            targets.extend(int(t) for t in entry[layout['label_key']])
+            images, labels = _cifar_batch(source, n, layout['label_key'], what)
+            data.append(images)
+            targets.extend(labels)
         self.data = np.ascontiguousarray(np.concatenate(data).transpose(0, 2, 3, 1))
         self.targets: List[int] = targets
-        if len(self.data) != len(self.targets):
-            raise ValueError(f"{name}: {len(self.data)} images but {len(self.targets)} labels in {source}")
         meta_source = next((s for s in [source, *sources, *meta_sources] if s.has([layout['meta']])), None)
         if meta_source is not None:
-            meta = _unpickle(meta_source.read(layout['meta']), f"{meta_source}/{layout['meta']}")
+            meta = meta_source.load(layout['meta'], what)
+            if not isinstance(meta.get(layout['meta_key']), (list, tuple)):
+                raise FileProblem(what, meta_source.shown(layout['meta']),
+                                  f"has no {layout['meta_key']!r} list: not the {variant} meta file", _DATA_WAY_OUT)
             self.classes = [_decode(c) for c in meta[layout['meta_key']]]
         else:
             self.classes = [str(i) for i in range(layout['num_classes'])]
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
+
+
+def _cifar_batch(source: _Source, name: str, label_key: str, what: str) -> Tuple[np.ndarray, List[int]]:
+    """The images (uint8 [N, 3, 32, 32]) and labels of one CIFAR batch file, checked against each other."""
+    entry = source.load(name, what)
+    shown = source.shown(name)
+    for key in ('data', label_key):
+        if key not in entry:
+            raise FileProblem(what, shown, f'has no {key!r} entry: not a CIFAR batch of this variant', _DATA_WAY_OUT)
+    with reading(source.path, what, 'a CIFAR batch', _DATA_WAY_OUT, check=False, shown=shown):
+        pixels = np.asarray(entry['data'], dtype=np.uint8)
+        labels = [int(t) for t in entry[label_key]]
+    if pixels.size % 3072 or pixels.size // 3072 != len(labels):
+        raise FileProblem(what, shown, f'holds {pixels.size} bytes of pixels for {len(labels)} labels, not '
+                                       f'{len(labels)} images of 32x32x3', _DATA_WAY_OUT)
+    return pixels.reshape(-1, 3, 32, 32), labels
 
 
 def _cifar_sources(root: str, variant: str) -> List[_Source]:
@@ -333,6 +380,9 @@ def _cifair_sources(root: str, variant: str) -> List[_Source]:
     sources: List[_Source] = []
     for zpath in (root, os.path.join(root, folder + '.zip')):
         if os.path.isfile(zpath):
+            check_file(zpath, 'ciFAIR archive', _DATA_WAY_OUT)
+            if not zipfile.is_zipfile(zpath):
+                raise FileProblem('ciFAIR archive', zpath, 'is truncated or not a zip archive', _DATA_WAY_OUT)
             s = _Source.in_zip(zpath, probe)
             if s is not None:
                 sources.append(s)
@@ -352,10 +402,13 @@ def _where(root: Optional[str], places: Sequence[str]) -> str:
     return paths[0] if len(paths) == 1 else ', '.join(paths[:-1]) + ' or ' + paths[-1]
 
 
-def _check_root(name: str, root: Optional[str], expected: str) -> str:
+def _check_root(name: str, root: Optional[str], expected: str, archive_ok: bool = False) -> str:
     if root is None or not os.path.exists(os.path.expanduser(str(root))):
         raise _missing(name, root, expected)
-    return os.path.expanduser(str(root))
+    root_ = os.path.expanduser(str(root))
+    if not archive_ok and not os.path.isdir(root_):
+        raise DataError(f"{name}: the data root '{root}' is not a folder: give the folder that holds {expected}")
+    return root_
 
 
 def _create_cifar(name: str, variant: str, root: Optional[str], train: bool, download: bool,
@@ -397,7 +450,7 @@ def _locate_cifair(name: str, variant: str, root: Optional[str], train: bool,
             from torchvision.datasets.utils import download_url
             url, filename, md5 = _CIFAIR_URLS[variant]
             download_url(url, root_, filename=filename, md5=md5)
-    root_ = _check_root(name, root, expected)
+    root_ = _check_root(name, root, expected, archive_ok=True)
     sources = candidates(root_)
     if not any(s.has(files) for s in sources):
         raise _missing(name, root, expected)
@@ -422,7 +475,7 @@ class DEICCiFAIR(CIFARPickle):
     def __init__(self, sources: Sequence[_Source], variant: str = 'cifar10', split: str = 'trainval',
                  name: str = 'deic_cifair', **kw: Any) -> None:
         if split not in self.SPLITS and split != 'test':
-            raise ValueError(f"{name}: split must be one of train, val, trainval, test; got {split!r}")
+            raise DataError(f"{name}: split must be one of train, val, trainval, test; got {split!r}")
         super().__init__(sources, variant=variant, train=split != 'test', name=name, **kw)
         self.split = split
         if split == 'test':
@@ -434,7 +487,7 @@ class DEICCiFAIR(CIFARPickle):
         for c in range(len(self.classes)):
             members = torch.nonzero(targets == c).flatten()
             if len(members) < stop:
-                raise ValueError(
+                raise DataError(
                     f"{name}: class {c} ({self.classes[c]!r}) has {len(members)} training images, "
                     f"fewer than the {stop} the DEIC '{split}' split needs")
             chosen.append(members[start:stop])
@@ -450,7 +503,7 @@ def _deic_split(name: str, split: str) -> str:
     split = {'training': 'train', 'valid': 'val', 'validation': 'val', 'eval': 'val',
              'evaluation': 'val'}.get(split.lower(), split.lower())
     if split not in DEICCiFAIR.SPLITS and split != 'test':
-        raise ValueError(
+        raise DataError(
             f"{name}: split must be one of train, val (valid, validation, eval), trainval, test; "
             f"got {split!r}")
     return split
@@ -478,7 +531,7 @@ def _is_train_split(name: str, split: str) -> bool:
         return True
     if s in _TEST_SPLITS:
         return False
-    raise ValueError(
+    raise DataError(
         f"{name}: split must be one of {', '.join(_TRAIN_SPLITS + _TEST_SPLITS)}; got {split!r}")
 
 
@@ -518,6 +571,8 @@ def create_dataset(
         return DEICCiFAIR(sources, variant=variant, split=deic_split, name=key, meta_sources=meta, **own)
     train = _is_train_split(key, split)
     if kind == 'fashion_mnist':
+        if not download:
+            _check_root(key, root, ', '.join(f'{n}[.gz]' for n in FashionMNISTIDX.files[train]))
         if not download and FashionMNISTIDX._locate(root, train) is None:
             raise _fmnist_missing(key, root, train)
         return FashionMNISTIDX(root, train=train, download=download, **own)

@@ -54,6 +54,7 @@ from timm.loss import SoftTargetCrossEntropy
 from . import datasets as icm_datasets
 from .cli import ConfigError, add_icm_args, check_icm_args, coerce_config_value, read_config
 from .factory import create_mixed_loss, logit_adjusted
+from .files import FileProblem, read_bytes
 from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup
 from .subsets import class_counts as count_classes
 
@@ -70,6 +71,9 @@ _MIXING_FLAGS = (
     (('--cutmix-minmax',), dict(type=float, nargs='+', default=None)),
     (('--mixup-mode',), dict(type=str, default='batch')),
     (('--mixup-off-epoch',), dict(type=int, default=0)),
+    (('--mixup-prob',), dict(type=float, default=1.0)),
+    (('--mixup-switch-prob',), dict(type=float, default=0.5)),
+    (('--smoothing',), dict(type=float, default=0.1)),
     (('--bce-loss',), dict(action='store_true', default=False)),
 )
 
@@ -438,7 +442,11 @@ def _wrap_create_dataset(original):
         name = given['name']
         if isinstance(name, str) and name.lower() in icm_datasets.DATASET_NAMES:
             given.setdefault('split', sig.parameters['split'].default)  # timm's default, not ours
-            dataset = icm_datasets.create_dataset(**given)
+            try:
+                dataset = icm_datasets.create_dataset(**given)
+            except (FileNotFoundError, FileProblem, icm_datasets.DataError) as e:
+                # Missing or broken data of a data set the launcher reads: one line, past the script's handlers.
+                raise LaunchError(' '.join(str(e).split())) from None
         else:
             dataset = original(*args, **kwargs)
         if _ACTIVE is not None and is_training:
@@ -599,8 +607,7 @@ def run(script: str, argv: Sequence[str] = ()) -> int:
     or when the script does not train through the replaced objects.
     """
     args, script_argv = parse_icm_args(argv)
-    if not os.path.isfile(script):
-        raise LaunchError(f'no training script at {script}')
+    _check_script(script)
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [script, *script_argv]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python script.py` does
@@ -618,6 +625,20 @@ def run(script: str, argv: Sequence[str] = ()) -> int:
         sys.argv = saved_argv
         sys.path[:] = saved_path
     return 0
+
+
+def _check_script(script: str) -> None:
+    """The training script must be a readable file of Python (a copy cut short fails to compile)."""
+    try:
+        source = read_bytes(script, 'training script', 'a Python file')
+    except FileProblem as e:
+        raise LaunchError(str(e)) from None
+    try:
+        compile(source, script, 'exec', dont_inherit=True)
+    except (SyntaxError, ValueError) as e:
+        where = f'line {e.lineno}: ' if getattr(e, 'lineno', None) else ''
+        raise LaunchError(f'training script {script}: is truncated or not valid Python ({where}'
+                          f'{getattr(e, "msg", None) or e})') from None
 
 
 def _help() -> str:

@@ -4,13 +4,12 @@ Prints one markdown row per run with the last epoch's eval metrics from its ``su
 the method read from its ``args.yaml``; ``--mean`` prints one row per method (mean ± std).
 """
 import argparse
-import csv
 import os
 import statistics
 import sys
 from typing import Dict, List, Optional
 
-import yaml
+from . import files
 
 
 def method_name(args: Dict) -> str:
@@ -30,21 +29,35 @@ def method_name(args: Dict) -> str:
 
 
 def read_run(folder: str) -> Optional[Dict]:
+    """The last finished epoch of a run folder; None when it has none. A broken summary.csv or args.yaml
+    raises :class:`timm_icm.files.FileProblem` naming it (a row cut short by a killed run is left out)."""
     summary = os.path.join(folder, 'summary.csv')
-    if not os.path.isfile(summary):
+    if not os.path.lexists(summary):
         return None
-    with open(summary, newline='') as f:
-        rows = list(csv.DictReader(f))
+    if os.path.isfile(summary) and os.path.getsize(summary) == 0:
+        return None
+    header, rows = files.read_csv(summary, 'summary')
     if not rows:
         return None
+    last = dict(zip(header, rows[-1]))
     args = {}
-    if os.path.isfile(os.path.join(folder, 'args.yaml')):
-        with open(os.path.join(folder, 'args.yaml')) as f:
-            args = yaml.safe_load(f) or {}
-    last = rows[-1]
-    return {'run': os.path.basename(os.path.normpath(folder)), 'method': method_name(args),
-            'epochs': int(float(last['epoch'])) + 1,
-            **{k[5:]: float(v) for k, v in last.items() if k.startswith('eval_') and v != ''}}
+    args_yaml = os.path.join(folder, 'args.yaml')
+    if os.path.lexists(args_yaml):
+        args = files.load_yaml(args_yaml, "the run's args.yaml") or {}
+        if not isinstance(args, dict):
+            raise files.FileProblem("the run's args.yaml", args_yaml, f"holds a {type(args).__name__}, not the run's "
+                                    f"flags (a mapping)")
+    try:
+        method = method_name(args)
+    except (TypeError, ValueError) as e:
+        raise files.FileProblem("the run's args.yaml", args_yaml, f'holds flags of the wrong type ({e})') from None
+    try:
+        return {'run': os.path.basename(os.path.normpath(folder)), 'method': method,
+                'epochs': int(float(last['epoch'])) + 1,
+                **{k[5:]: float(v) for k, v in last.items() if k.startswith('eval_') and v != ''}}
+    except (KeyError, ValueError) as e:
+        raise files.FileProblem('summary', summary, f'is not a summary.csv of train_icm.py ({type(e).__name__}: '
+                                                    f'{e})') from None
 
 
 def markdown_table(runs: List[Dict]) -> str:
@@ -74,7 +87,11 @@ def main(argv=None) -> int:
     parser.add_argument('runs', nargs='+', help='train_icm.py output folders')
     parser.add_argument('--mean', action='store_true', help='one row per method: mean ± std over its runs')
     args = parser.parse_args(argv)
-    runs = [read_run(folder) for folder in args.runs]
+    try:
+        runs = [read_run(folder) for folder in args.runs]
+    except files.FileProblem as e:
+        print(f'timm_icm.report: error: {e}', file=sys.stderr)
+        return 2
     missing = [folder for folder, run in zip(args.runs, runs) if run is None]
     if missing:
         print(f'timm_icm.report: error: no finished epoch in {", ".join(missing)}', file=sys.stderr)
