@@ -183,7 +183,8 @@ def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tor
 def float32_or_wider(logits: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Both in the logits' dtype promoted to at least float32 (a bf16 batch is computed in float32)."""
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    return (logits if logits.dtype == dtype else logits.to(dtype)), (target if target.dtype == dtype else target.to(dtype))
+    logits = logits if logits.dtype == dtype else logits.to(dtype)
+    return logits, target if target.dtype == dtype else target.to(dtype)
 
 
 def autocast_off(device: torch.device) -> ContextManager:

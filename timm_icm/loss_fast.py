@@ -4,15 +4,15 @@
 (Eq. 5) and its columns (Eq. 7). This module holds the four pieces that make that cheap where
 ``B^2 C`` is large, each tested against the plain form in ``tests/test_loss.py``. Figures are
 multiples of SoftTargetCrossEntropy's forward + backward from ``benchmarks/cost.py``
-(``benchmarks/results/cost.md``: 2-core CPU; ``cost-cuda.md``: H100):
+(``benchmarks/results/cost-loss.md``: one CPU thread; ``cost-cuda.md``: H100):
 
 - :class:`ScorePath` picks the matrix product or the sparse score matrix per call (``'auto'``).
   Saves: the dense ``O(B^2 C)`` product where it is the slow part. Pays off above
   ``B^2 C = 2^27`` on the CPU, ``2^31`` on accelerators; below that the product is cheaper.
 - :func:`sparse_score_matrix` builds ``M`` from each target row's floor and two classes,
-  ``O(B^2 + B C)``. Pays off at large ``B^2 C``: CPU B=1024, C=21843 0.51x against 2.09x dense,
-  C=1000 3.44x against 8.12x; H100 B=1024, C=21843 2.96x against 5.23x. Loses below: CPU
-  B=128, C=100 6.31x against 2.28x.
+  ``O(B^2 + B C)``. Pays off at large ``B^2 C``: CPU B=1024, C=21843 0.56x against 2.72x dense,
+  C=1000 3.72x against 7.83x; H100 B=1024, C=21843 2.96x against 5.23x. Loses below: CPU
+  B=128, C=100 4.84x against 2.82x.
 - :func:`cross_entropies` is one autograd node for both cross-entropies. Saves: the backward is
   one ``B x B`` buffer (the kept softmaxes, scaled, minus the positives) instead of two
   cross-entropy graphs and their sum, and it keeps two ``B x B`` softmaxes and nothing of size
