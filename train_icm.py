@@ -101,17 +101,23 @@ def _initial_checkpoint(args: argparse.Namespace) -> Optional[Dict[str, torch.Te
 
 
 # The settings a resumed run must share with the run that wrote its checkpoint: the model and its
-# outputs, and every option of the ICM flag group (they change the loss being optimised).
-def _resume_settings() -> Tuple[str, ...]:
+# outputs, every option of the ICM flag group (they change the loss being optimised), and the optimizer
+# whose state it restores (unless --no-resume-opt).
+def _resume_settings(args: argparse.Namespace) -> Tuple[str, ...]:
     parser = argparse.ArgumentParser(add_help=False)
     cli.add_icm_args(parser)
-    return ('model', 'num_classes', 'in_chans') + tuple(vars(parser.parse_args([])))
+    optimizer = () if args.no_resume_opt else ('opt',)
+    return ('model', 'num_classes', 'in_chans') + optimizer + tuple(vars(parser.parse_args([])))
 
 
 def _resume_way_out(path: str) -> str:
     """Where a user whose --resume file is broken can go on: the newest checkpoint of that run that loads."""
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    found = files.newest_checkpoint(folder, exclude=[path])
+    folder = os.path.dirname(os.path.abspath(path))
+    found = files.newest_checkpoint(path, exclude=[path]) if os.path.isdir(path) else None
+    if found is not None:  # a run folder given as --resume: its own checkpoints
+        folder = path
+    else:
+        found = files.newest_checkpoint(folder, exclude=[path])
     if found is None:
         return f'no checkpoint in {folder} loads: start the run again without --resume'
     return f'resume from {found[0]} (epoch {found[1]}), the newest checkpoint in {folder} that loads'
@@ -132,7 +138,7 @@ def load_resume_checkpoint(args: argparse.Namespace, model: nn.Module) -> Dict[s
         'resume with the settings of the run that wrote it'
     if saved is not None:
         differences = []
-        for dest in _resume_settings():
+        for dest in _resume_settings(args):
             if dest not in saved and dest != 'in_chans':
                 continue
             then = input_channels(argparse.Namespace(in_chans=saved.get('in_chans'),
@@ -228,7 +234,7 @@ def check_labels(args: argparse.Namespace, **named_sets) -> None:
 
 def check_input(args: argparse.Namespace, model: nn.Module, dataset, data_config, device) -> None:
     """One training image, through its transform and the model (eval mode, no gradient), before any step:
-    the image's channels against --in-chans, --mean/--std against the channels, its size against the model.
+    the image's channels against --in-chans, its size against the model.
 
     The random state is left as it was, so that a run draws exactly what it would draw without this check.
     """
@@ -249,10 +255,6 @@ def check_input(args: argparse.Namespace, model: nn.Module, dataset, data_config
         raise UsageError(f'the training images reach the model as {list(x.shape)} (channels, height, width; image '
                          f'mode {mode}) but the model takes {channels} channel(s) (--in-chans / --input-size): '
                          f'set --input-img-mode to a mode with {channels} channel(s), or --in-chans {x.shape[0]}')
-    for key in ('mean', 'std'):
-        if len(data_config[key]) not in (1, channels):
-            raise UsageError(f'--{key} gives {len(data_config[key])} values for {channels}-channel images: give 1 or '
-                             f'{channels}')
     training = model.training
     model.eval()
     try:

@@ -73,6 +73,9 @@ def _load_checkpoint(path: str) -> Dict[str, Any]:
     except files.FileProblem as e:
         folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
         found = files.newest_checkpoint(folder, exclude=[path])
+        if found is None and folder == path:
+            folder = os.path.dirname(os.path.abspath(path))
+            found = files.newest_checkpoint(folder, exclude=[path])
         way_out = (f'analyse {found[0]} (epoch {found[1]}), the newest checkpoint in {folder} that loads'
                    if found else None)
         raise AnalysisError(str(files.FileProblem(e.what, e.path, e.problem, way_out))) from None

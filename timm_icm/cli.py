@@ -16,6 +16,8 @@ from timm import utils
 
 from .files import FileProblem, load_yaml
 from .loss import AXES, DUPLICATES, UNMIXED
+from .regmixup import regmixup_weight_problem
+from .remix import remix_thresholds_problem
 
 MIXUP_MODES = ('batch', 'pair', 'elem', 'half')
 
@@ -80,12 +82,21 @@ def check_mixing_args(args: argparse.Namespace) -> Optional[str]:
             _number_problem('--mixup-prob', get('mixup_prob'), 0, 1),
             _number_problem('--mixup-switch-prob', get('mixup_switch_prob'), 0, 1),
             _number_problem('--smoothing', get('smoothing'), 0, 1, high_open=True),
-            _number_problem('--regmixup-weight', get('regmixup_weight'), 0),
-            _number_problem('--remix-kappa', get('remix_kappa'), 1),
-            _number_problem('--remix-tau', get('remix_tau'), 0, 1),
             _number_problem('--logit-adjust', get('logit_adjust'), 0, meaning=' (0 is off)')):
         if problem:
             return problem
+    for flag in ('--regmixup-weight', '--remix-kappa', '--remix-tau'):
+        value = get(flag[2:].replace('-', '_'))
+        if value is not None and not math.isfinite(value):
+            return f'{flag} must be a finite number; got {value}'
+    # The ranges of the RegMixup and Remix options are their modules' (one definition each).
+    problem = None
+    if get('regmixup_weight') is not None:
+        problem = regmixup_weight_problem(args.regmixup_weight, '--regmixup-weight')
+    if problem is None and get('remix_kappa') is not None and get('remix_tau') is not None:
+        problem = remix_thresholds_problem(args.remix_kappa, args.remix_tau, '--remix-kappa', '--remix-tau')
+    if problem:
+        return problem
     minmax = get('cutmix_minmax')
     if minmax is not None and not (len(minmax) == 2 and all(math.isfinite(v) for v in minmax)
                                    and 0 <= minmax[0] < minmax[1] <= 1):
@@ -282,7 +293,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def create_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
-        description='timm training with Infinite Class Mixup', allow_abbrev=False,
+        prog='train_icm.py', description='timm training with Infinite Class Mixup', allow_abbrev=False,
         epilog='Configs: -c FILE (repeatable, later files win); command-line flags override config values.')
     parser.add_argument('-c', '--config', action='append', default=[], metavar='FILE',
                         help='YAML file of flag values (dest names, e.g. batch_size: 128); may be repeated')
@@ -403,4 +414,12 @@ def _check_data_settings(args: argparse.Namespace) -> Optional[str]:
     if args.in_chans is not None and args.input_size is not None and args.in_chans != args.input_size[0]:
         return (f'--in-chans {args.in_chans} and --input-size {" ".join(map(str, args.input_size))} disagree on the '
                 f'number of channels: give one of them, or the same count in both')
+    channels = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    for flag in ('mean', 'std'):
+        values = getattr(args, flag)
+        if values is not None and len(values) not in (1, channels):
+            return (f'--{flag} gives {len(values)} values for {channels}-channel images (--in-chans / --input-size): '
+                    f'give {channels}' + (' (or 1 for all)' if channels > 1 else ''))
+        if values is not None and flag == 'std' and not all(math.isfinite(v) and v > 0 for v in values):
+            return f'--std must be finite numbers > 0; got {" ".join(f"{v:g}" for v in values)}'
     return None
