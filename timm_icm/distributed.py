@@ -21,11 +21,11 @@ def world() -> Tuple[int, int]:
 
 
 def all_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's rows of ``tensor``, concatenated in rank order; differentiable (NCCL and gloo)."""
+    """Every rank's rows of ``tensor``, concatenated in rank order; the gradient goes back to the owner's rows."""
     from torch.distributed.nn.functional import all_gather
     with warnings.catch_warnings():
-        # Deprecated in torch 2.14 for the private _functional_collectives.all_gather_single, which older torch
-        # releases do not differentiate (they had a separate all_gather_tensor_autograd); this one is public.
+        # A FutureWarning in torch 2.14 points to the private _functional_collectives.all_gather_single, which older
+        # torch releases do not differentiate (they had a separate all_gather_tensor_autograd); this one is public.
         warnings.filterwarnings('ignore', message='torch.distributed.nn.functional.all_gather is deprecated',
                                 category=FutureWarning)
         return torch.cat(all_gather(tensor), dim=0)
