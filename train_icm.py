@@ -237,7 +237,10 @@ def check_input(args: argparse.Namespace, model: nn.Module, dataset, data_config
     the image's channels against --in-chans, its size against the model.
 
     The random state is left as it was, so that a run draws exactly what it would draw without this check.
+    Streamed data sets (``IterableDataset``) have no first image to look at: the first batch checks them.
     """
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, '__getitem__'):
+        return
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         sample = dataset[0][0]

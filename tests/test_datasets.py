@@ -445,3 +445,37 @@ def test_dataset_targets_without_loading(attr, values):
 def test_dataset_targets_refuses_unknown_datasets():
     with pytest.raises(TypeError, match='_NoTargets'):
         dataset_targets(_NoTargets())
+
+
+# ----------------------------------------------------------------------------- broken files
+
+@pytest.mark.parametrize('layout', ['fashion_mnist', 'torch/cifar10', 'cifair10'])
+def test_a_file_cut_short_names_itself_in_one_line(tmp_path, rng, layout):
+    """A truncated file is a FileProblem (a ValueError) naming that file, whatever the layout."""
+    from timm_icm.files import FileProblem
+    if layout == 'fashion_mnist':
+        write_fmnist(str(tmp_path), rng)
+        broken = tmp_path / 'train-labels-idx1-ubyte.gz'
+    elif layout == 'torch/cifar10':
+        files, _ = cifar10_files(rng)
+        write_folder(str(tmp_path / 'cifar-10-batches-py'), files)
+        broken = tmp_path / 'cifar-10-batches-py' / 'data_batch_2'
+    else:
+        files, _ = cifar10_files(rng)
+        write_zip(str(tmp_path / 'ciFAIR-10.zip'), 'ciFAIR-10', files)
+        broken = tmp_path / 'ciFAIR-10.zip'
+    blob = broken.read_bytes()
+    broken.write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(FileProblem) as info:
+        create_dataset(layout, root=str(tmp_path), split='train')
+    message = str(info.value)
+    assert isinstance(info.value, ValueError) and '\n' not in message
+    assert str(broken) in message and 'is truncated' in message and 'replace it with a complete copy' in message
+
+
+def test_data_set_problems_are_data_errors(tmp_path, rng):
+    write_fmnist(str(tmp_path), rng)
+    with pytest.raises(D.DataError, match="got 'holdout'"):
+        create_dataset('fashion_mnist', root=str(tmp_path), split='holdout')
+    with pytest.raises(D.DataError, match='is not a folder'):
+        create_dataset('fashion_mnist', root=str(tmp_path / 'train-images-idx3-ubyte.gz'))

@@ -219,3 +219,25 @@ def test_val_interval_keeps_the_summary_columns(tmp_path, fashion_mnist_dir):
 def test_training_set_smaller_than_a_batch(fashion_mnist_dir, capsys):
     expect_usage_error(capsys, FMNIST + ['--data-dir', fashion_mnist_dir, '--train-samples-per-class', '3',
                                          '-b', '64', '--mixup', '0.2'], '30 images', 'fewer than one batch of 64')
+
+
+def test_the_input_check_leaves_the_random_state_as_it_was(fashion_mnist_dir):
+    """check_input draws a training image through its random transform: the run's draws must not change."""
+    import random
+    import numpy as np
+    from timm.data import create_transform
+    dataset = train_icm.datasets.create_dataset('torch/fashion_mnist', root=fashion_mnist_dir, split='test')
+    dataset.transform = create_transform((1, 28, 28), is_training=True, mean=(0.3,), std=(0.3,))
+    args = train_icm.cli.parse_args(FMNIST)[0]
+    model = train_icm.create_model('resnet20_cifar', num_classes=10, in_chans=1).train()
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    before = random.random(), np.random.rand(), torch.rand(1).item()
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    train_icm.check_input(args, model, dataset, None, torch.device('cpu'))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == before
+    assert model.training  # the check runs the model in eval mode and gives it back in training mode
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            raise AssertionError('a streamed data set is not read before training')
+    train_icm.check_input(args, model, Stream(), None, torch.device('cpu'))
