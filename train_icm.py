@@ -123,9 +123,12 @@ def _resume_way_out(path: str) -> str:
     return f'resume from {found[0]} (epoch {found[1]}), the newest checkpoint in {folder} that loads'
 
 
-def load_resume_checkpoint(args: argparse.Namespace, model: nn.Module) -> Dict[str, object]:
+def check_resume_checkpoint(args: argparse.Namespace, model: nn.Module) -> None:
     """The --resume checkpoint, checked before anything trains: a file that loads, written by a run with the
-    same model, class count and ICM options (its ``args``), holding weights that fit the model."""
+    same model, class count, optimizer and ICM options (its ``args``), holding weights that fit the model.
+
+    Only checked: timm's ``resume_task_checkpoint`` reads it again once the optimizer exists.
+    """
     path = args.resume
     try:
         checkpoint = files.load_checkpoint(path, '--resume')
@@ -158,7 +161,6 @@ def load_resume_checkpoint(args: argparse.Namespace, model: nn.Module) -> Dict[s
     if mismatch:
         raise UsageError(f'--resume {path}: its weights do not fit {args.model} with {args.num_classes} classes: '
                          f'{mismatch}; {own}, or start a new run without --resume')
-    return checkpoint
 
 
 def _shown(value) -> str:
@@ -453,8 +455,8 @@ def train(args: argparse.Namespace, args_text: str) -> int:
 
     args.num_classes_given = args.num_classes is not None
     model = build_model(args)
-    resume_checkpoint = load_resume_checkpoint(args, model) if args.resume else None
-    del resume_checkpoint  # checked only: timm's resume reads it again once the optimizer exists
+    if args.resume:
+        check_resume_checkpoint(args, model)
     if primary:
         _logger.info(f'Model {safe_model_name(args.model)} created, param count: '
                      f'{sum(p.numel() for p in model.parameters())}')

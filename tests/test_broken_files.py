@@ -495,7 +495,16 @@ def test_broken_training_script(tmp_path, capsys, case, words):
                    *words, prefix='python -m timm_icm.launch: error: ')
 
 
-def test_broken_data_through_the_launcher(fmnist, tmp_path, capsys):
+@pytest.fixture
+def root_log_handlers():
+    """The stand-in script sets up timm's logging on the stream capsys gives it: take its handlers away after."""
+    import logging
+    saved = logging.root.handlers[:]
+    yield
+    logging.root.handlers[:] = saved
+
+
+def test_broken_data_through_the_launcher(fmnist, tmp_path, capsys, root_log_handlers):
     root = fmnist_copy(fmnist, tmp_path)
     labels = root / 'train-labels-idx1-ubyte.gz'
     labels.write_bytes(labels.read_bytes()[:20])

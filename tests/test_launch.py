@@ -38,6 +38,16 @@ def image_folder(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(autouse=True)
+def root_log_handlers():
+    """The stand-in script, run in this process, sets up timm's logging on the stream of the moment (capsys's,
+    closed after the test): take its handlers away, or later tests log into a closed file."""
+    import logging
+    saved = logging.root.handlers[:]
+    yield
+    logging.root.handlers[:] = saved
+
+
 def standin_argv(folder, summary, *flags):
     return ['--data-dir', folder, '--num-classes', str(len(COUNTS)), '--summary', str(summary), *flags]
 

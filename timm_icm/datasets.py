@@ -19,6 +19,11 @@ itself and hands every other name to timm unchanged:
 Split names: ``train``/``training`` and ``val``/``valid``/``validation``/``eval``/
 ``evaluation``/``test`` (the last group is the test set; the DEIC data sets have their own
 validation split, see `DEICCiFAIR`).
+
+Errors are one line naming the data set and the file: ``FileNotFoundError`` for files that are not
+there, :class:`timm_icm.files.FileProblem` for a file that is empty, unreadable, truncated or of
+another kind, `DataError` for a data set that cannot serve what was asked (a split it lacks, too few
+images, files that disagree). The last two are ``ValueError``s.
 """
 from __future__ import annotations
 
