@@ -14,6 +14,10 @@ from timm_icm import report
     (dict(mixup=0.2, remix=True), 'Remix'),
     (dict(cutmix=1.0, icm=True, icm_duplicates='merge'), 'IC-CutMix (merge)'),
     (dict(mixup=0.2, icm=True, icm_unmixed='ce'), 'IC-Mixup (unmixed ce)'),
+    (dict(mixup=0.0, logit_adjust=1.0), 'LA'),
+    (dict(mixup=0.2, logit_adjust=1.0), 'Mixup + LA'),
+    (dict(mixup=0.2, icm=True, logit_adjust=1.0), 'IC-Mixup + LA'),
+    (dict(mixup=0.0, cutmix=0.0, cutmix_minmax=[0.3, 0.8]), 'CutMix'),
 ])
 def test_method_name(args, name):
     assert report.method_name(args) == name

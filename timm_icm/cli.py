@@ -16,6 +16,7 @@ from timm import utils
 
 from .files import FileProblem, load_yaml
 from .loss import AXES, DUPLICATES, UNMIXED
+from .mixup import mixing_on
 from .regmixup import regmixup_weight_problem
 from .remix import remix_thresholds_problem
 
@@ -112,7 +113,7 @@ def check_icm_args(args: argparse.Namespace) -> Optional[str]:
     problem = check_mixing_args(args)
     if problem:
         return problem
-    mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    mixup_active = mixing_on(args.mixup, args.cutmix, args.cutmix_minmax)
     for flag in ('icm', 'regmixup', 'remix'):
         if getattr(args, flag) and not mixup_active:
             return f'--{flag} needs mixing: set --mixup ALPHA and/or --cutmix ALPHA (the paper uses --mixup 0.2)'
@@ -403,7 +404,7 @@ def _check_data_settings(args: argparse.Namespace) -> Optional[str]:
         return f'--imbalance-ratio must be in (0, 1]; got {args.imbalance_ratio}'
     if args.batch_size < 1:
         return f'--batch-size must be >= 1; got {args.batch_size}'
-    if args.batch_size < 2 and (args.mixup > 0 or args.cutmix > 0):
+    if args.batch_size < 2 and mixing_on(args.mixup, args.cutmix, args.cutmix_minmax):
         return f'mixing pairs images within a batch: --batch-size must be >= 2; got {args.batch_size}'
     if args.num_classes is not None and args.num_classes < 1:
         return f'--num-classes must be >= 1; got {args.num_classes}'

@@ -7,12 +7,12 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from .logit_adjust import LogitAdjustedLoss
 from .loss import InfiniteClassCrossEntropy
-from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup
+from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup, mixing_on
 from .regmixup import RegMixupLoss
 
 
 def mixup_active(args: argparse.Namespace) -> bool:
-    return args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+    return mixing_on(args.mixup, args.cutmix, args.cutmix_minmax)
 
 
 def mixup_kwargs(args: argparse.Namespace, num_classes: int) -> dict:

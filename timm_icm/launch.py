@@ -55,7 +55,7 @@ from . import datasets as icm_datasets
 from .cli import ConfigError, add_icm_args, check_icm_args, coerce_config_value, read_config
 from .factory import create_mixed_loss, logit_adjusted
 from .files import FileProblem, read_bytes
-from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup
+from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup, mixing_on
 from .subsets import class_counts as count_classes
 
 __all__ = ['LaunchError', 'Patched', 'patch_timm', 'parse_icm_args', 'run', 'main']
@@ -275,8 +275,7 @@ class Patched:
         bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
         bound.apply_defaults()
         given = bound.arguments
-        if self.needs_mixing and not (given['mixup_alpha'] > 0 or given['cutmix_alpha'] > 0
-                                  or given['cutmix_minmax'] is not None):
+        if self.needs_mixing and not mixing_on(given['mixup_alpha'], given['cutmix_alpha'], given['cutmix_minmax']):
             raise LaunchError(f'{self._what()} needs mixing, but the script created its mixer with '
                               f'mixup_alpha=0 and cutmix_alpha=0: set --mixup and/or --cutmix')
         options = dict(regmixup=self.args.regmixup, remix=self.args.remix,

@@ -18,6 +18,11 @@ from torch.utils.data import default_collate
 from .regmixup import stack_clean_and_mixed
 from .remix import check_class_counts, remix_label_weight, remix_thresholds_problem
 
+
+def mixing_on(mixup_alpha: float, cutmix_alpha: float, cutmix_minmax: Optional[Sequence[float]]) -> bool:
+    """Whether these settings mix at all (timm's rule: Mixup or CutMix alpha above 0, or a CutMix box range)."""
+    return mixup_alpha > 0 or cutmix_alpha > 0 or cutmix_minmax is not None
+
 Lam = Union[float, torch.Tensor]
 
 

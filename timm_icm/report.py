@@ -10,22 +10,24 @@ import sys
 from typing import Dict, List, Optional
 
 from . import files
+from .mixup import mixing_on
 
 
 def method_name(args: Dict) -> str:
     """The paper's name of the method a run's args describe, e.g. IC-RegMixup, Remix, ERM."""
-    if not (args.get('mixup', 0) > 0 or args.get('cutmix', 0) > 0 or args.get('cutmix_minmax')):
-        return 'ERM'
+    adjusted = ' + LA' if args.get('logit_adjust') else ''
+    if not mixing_on(args.get('mixup', 0), args.get('cutmix', 0), args.get('cutmix_minmax')):
+        return 'LA' if adjusted else 'ERM'
     base = 'RegMixup' if args.get('regmixup') else 'Remix' if args.get('remix') else (
         'Mixup' if args.get('mixup', 0) > 0 else 'CutMix')
     if not args.get('icm'):
-        return base
+        return base + adjusted
     suffix = {'class': ' (class axis)', 'pair': ' (pair axis)'}.get(args.get('icm_axes', 'both'), '')
     if args.get('icm_duplicates') == 'merge':
         suffix += ' (merge)'
     if args.get('icm_unmixed') == 'ce':
         suffix += ' (unmixed ce)'
-    return f'IC-{base}{suffix}'
+    return f'IC-{base}{suffix}{adjusted}'
 
 
 def read_run(folder: str) -> Optional[Dict]:
