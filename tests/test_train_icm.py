@@ -182,6 +182,11 @@ def test_icm_without_mixing(capsys):
     expect_usage_error(capsys, FMNIST + ['--icm'], '--icm needs mixing', '--mixup')
 
 
+def test_bce_loss_is_refused_not_ignored(capsys):
+    expect_usage_error(capsys, FMNIST + ['--bce-loss', '--mixup', '0.2'], '--bce-loss: train_icm.py does not build',
+                       'timm_icm.launch')
+
+
 def test_icm_options_without_icm(capsys):
     expect_usage_error(capsys, FMNIST + ['--mixup', '0.2', '--icm-axes', 'pair'], '--icm-axes', 'add --icm')
 

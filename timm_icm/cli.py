@@ -387,6 +387,9 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     if args.data and not args.data_dir:
         args.data_dir = args.data
     problem = check_icm_args(args) or _check_data_settings(args)
+    if not problem and args.bce_loss:  # accepted for timm's command line, but train_icm.py builds no BCE loss
+        problem = ('--bce-loss: train_icm.py does not build timm\'s binary cross-entropy loss; run timm\'s own '
+                   'train.py for it (python -m timm_icm.launch train.py ... keeps its whole command line)')
     if problem:
         parser.error(problem)
     args_text = yaml.safe_dump({k: v for k, v in vars(args).items() if k != 'config'}, default_flow_style=False)

@@ -516,18 +516,26 @@ def _replacements() -> List[Tuple[Any, str, Any]]:
     import timm.data.loader
     import timm.loss
     out: List[Tuple[Any, str, Any]] = [
+        # The mixers: RegMixup's clean + mixed batch and Remix's label weights exist only in ICM's mixers.
         (timm.data, 'Mixup', _LaunchedMixup),
         (timm.data, 'FastCollateMixup', _LaunchedFastCollateMixup),
+        # The loss of mixed batches: where the ICM (RegMixup, LA) loss enters the script.
         (timm.loss, 'SoftTargetCrossEntropy', _LaunchedSoftTargetCrossEntropy),
+        # The training set: Remix and LA need its class counts, and timm cannot read our data set names.
         (timm.data, 'create_dataset', _wrap_create_dataset(timm.data.create_dataset)),
+        # Persistent loader workers would keep mixing after --mixup-off-epoch (the collate mixer is theirs).
         (timm.data, 'create_loader', _wrap_create_loader(timm.data.create_loader)),
+        # The prefetcher path's batches: the only main-process hook to stop a run the asked-for loss never sees.
         (timm.data.loader.PrefetchLoader, '__iter__', _wrap_prefetch_iter(timm.data.loader.PrefetchLoader.__iter__)),
     ]
     # Not timm.loss.cross_entropy / timm.data.mixup themselves: their classes name themselves in
     # super(...) calls, so replacing the names there would break the originals.
+    # timm's loss factory holds its own reference to the class it builds for mixed batches.
     factory = _import('timm.loss._loss_factory')
     if factory is not None and getattr(factory, 'SoftTargetCrossEntropy', None) is SoftTargetCrossEntropy:
         out.append((factory, 'SoftTargetCrossEntropy', _LaunchedSoftTargetCrossEntropy))
+    # The criterion a ClassificationTask trains with: checked (never a loss other than ours when ICM was asked
+    # for), and logit-adjusted when LA is the only option and nothing mixes.
     resolve = None
     for module in ('timm.task.classification', 'timm.task.distillation', 'timm.task.token_distillation',
                    'timm.task'):
