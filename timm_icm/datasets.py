@@ -173,7 +173,9 @@ class FashionMNISTIDX(_ImagesInMemory):
     ``root`` is a folder holding the four files directly (Debian's layout) or torchvision's
     ``<root>/FashionMNIST/raw/``; each file may be gzip-compressed (``.gz``) or not. Items are
     ``(PIL 'L' image 28x28, int)`` like torchvision's ``FashionMNIST``; ``data`` is a uint8
-    tensor [N, 28, 28] and ``targets`` a LongTensor.
+    tensor [N, 28, 28] and ``targets`` a LongTensor. torchvision's reader needs its own
+    ``FashionMNIST/raw/`` folder and would write into ``root``; Debian's read-only folder holds the
+    ``.gz`` files directly.
     """
 
     classes = FASHION_MNIST_CLASSES
@@ -303,6 +305,12 @@ class CIFARPickle(_ImagesInMemory):
     ``targets`` a list of ints, ``classes`` from the meta file, items are
     ``(PIL 'RGB' image, int)``. Unlike torchvision it does not check md5 sums and it reads
     from a zip archive as well as from a folder. Use `create_dataset` to locate the files.
+
+    Why not torchvision's reader: it refuses CIFAR files whose MD5 is not its own (the real CIFAR-10
+    with placeholder filenames: "Dataset not found or corrupted", no file named) unless its private
+    ``_check_integrity`` is overridden, and it cannot read ciFAIR's zip or the DEIC selection; it is
+    no faster (CIFAR-100 training set: 1.3-2.0 s against 1.7-2.5 s here, including the checks that
+    name a broken file). One reader serves all four layouts.
 
     Args:
         sources: where the data files may live (the first holding them all is used).
