@@ -173,9 +173,9 @@ class FashionMNISTIDX(_ImagesInMemory):
     ``root`` is a folder holding the four files directly (Debian's layout) or torchvision's
     ``<root>/FashionMNIST/raw/``; each file may be gzip-compressed (``.gz``) or not. Items are
     ``(PIL 'L' image 28x28, int)`` like torchvision's ``FashionMNIST``; ``data`` is a uint8
-    tensor [N, 28, 28] and ``targets`` a LongTensor. torchvision's reader needs its own
-    ``FashionMNIST/raw/`` folder and would write into ``root``; Debian's read-only folder holds the
-    ``.gz`` files directly.
+    tensor [N, 28, 28] and ``targets`` a LongTensor. torchvision's reader looks for uncompressed
+    files under ``<root>/FashionMNIST/raw/``; Debian's read-only folder holds the ``.gz`` files
+    directly, which would have to be copied and unpacked first.
     """
 
     classes = FASHION_MNIST_CLASSES
