@@ -1,7 +1,7 @@
 """The paper's CIFAR experiments on the real CIFAR-10/100, with the long-tail baseline (logit adjustment).
 
     python benchmarks/cifar.py [--blocks B1 B2] [--seeds 3] [--jobs 2] [--recipe cpu|paper] [--extras]
-    python benchmarks/cifar.py --report          # tables and plot from the CSV alone
+    python benchmarks/cifar.py --report [--readme README.md]   # tables and plot from the CSV alone
 
 Blocks (each a paper table at the ``cpu`` recipe's scale):
   B1  LT-CIFAR-10, imbalance 0.01 (Table 2 right): does ICM add anything beyond logit adjustment?
@@ -181,6 +181,12 @@ def read_rows(path: str) -> List[Dict]:
     return rows
 
 
+def fail(message: str) -> None:
+    """A user error: one line on stderr, exit code 2."""
+    print(f'cifar.py: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
 def append_row(path: str, row: Dict) -> None:
     """One line per finished run, flushed to disk at once (a cut-off suite keeps every finished run)."""
     new = not os.path.exists(path) or os.path.getsize(path) == 0
@@ -201,7 +207,7 @@ def ensure_data(data_dir: str, datasets: Sequence[str]) -> None:
         return
     unpack = os.path.join(PACK, 'unpack.py')
     if not os.path.exists(unpack):
-        sys.exit(f'cifar.py: {", ".join(missing)} not in {data_dir} and no pack to unpack at {PACK}: '
+        fail(f'{", ".join(missing)} not in {data_dir} and no pack to unpack at {PACK}: '
                  f'put the original pickles there (cifar-10-batches-py/, cifar-100-python/)')
     for d in missing:
         subprocess.run([sys.executable, unpack, data_dir, '--only', d], check=True)
@@ -300,6 +306,21 @@ def write_report(out: str, stem: str, rows: List[Dict], recipes: Sequence[str], 
         f.write('Made by `python benchmarks/cifar.py --report` from `cifar.csv`.\n\n' + '\n\n'.join(parts) + '\n')
 
 
+README_START, README_END = '<!-- cifar.md -->', '<!-- /cifar.md -->'
+
+
+def splice_readme(path: str, report_md: str) -> None:
+    """Put the report (less its first line, headings one level down) between the README's two markers."""
+    with open(path) as f:
+        text = f.read()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        fail(f'{path} has no {README_START} ... {README_END} block to put the report in')
+    body = report_md.split('\n', 1)[1].strip().replace('\n### ', '\n#### ')
+    with open(path, 'w') as f:
+        f.write(text[:start + len(README_START)] + '\n' + body + '\n' + text[end:])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--blocks', nargs='+', default=['B1', 'B2'], choices=list(BLOCKS))
@@ -315,12 +336,19 @@ def main(argv=None) -> int:
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results'))
     parser.add_argument('--device-name', default=None, help='recorded in each row (default: this CPU)')
     parser.add_argument('--report', action='store_true', help='only write the tables and plots from the CSV')
+    parser.add_argument('--readme', default=None,
+                        help=f'with --report: also put the tables into this file, between {README_START} and '
+                             f'{README_END}')
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, 'cifar.csv')
     if args.report:
         write_report(args.out, 'cifar', read_rows(csv_path), ['cpu', 'paper'], args.runs_dir)
-        print(open(os.path.join(args.out, 'cifar.md')).read())
+        with open(os.path.join(args.out, 'cifar.md')) as f:
+            report_md = f.read()
+        if args.readme:
+            splice_readme(args.readme, report_md)
+        print(report_md)
         return 0
 
     done = {(r['recipe'], r['setting'], r['method'], r['seed']) for r in read_rows(csv_path)}

@@ -85,3 +85,25 @@ def test_main_skips_finished_runs(tmp_path, monkeypatch, capsys):
     assert started == done[5:]
     assert (out / 'cifar.md').exists()
     assert '3 runs to do (5 already in' in capsys.readouterr().out
+
+
+def test_report_goes_into_the_readme_between_its_markers(tmp_path, capsys):
+    out = tmp_path / 'results'
+    out.mkdir()
+    for row in rows_for('LT-CIFAR-10 0.01', {'Mixup': [70.0, 72.0, 71.0], 'IC-Mixup': [74.0, 75.0, 74.5]}):
+        cifar.append_row(str(out / 'cifar.csv'), row)
+    readme = tmp_path / 'README.md'
+    readme.write_text('# title\n\nbefore\n<!-- cifar.md -->\nold table\n<!-- /cifar.md -->\nafter\n')
+    argv = ['--report', '--out', str(out), '--runs-dir', str(tmp_path / 'runs'), '--readme', str(readme)]
+    assert cifar.main(argv) == 0
+    text = readme.read_text()
+    assert text.startswith('# title\n\nbefore\n<!-- cifar.md -->\nRecipe `cpu`; 6 runs') and 'old table' not in text
+    assert '\n#### B1: LT-CIFAR-10 0.01' in text and '\n### B1' not in text
+    assert '| IC-Mixup − Mixup | 3 | +3.50 [+2.26, +4.74] | +3.99 |' in text
+    assert text.endswith('<!-- /cifar.md -->\nafter\n')
+    assert cifar.main(argv) == 0 and readme.read_text() == text  # a second splice changes nothing
+    readme.write_text('no markers\n')
+    with pytest.raises(SystemExit) as exit_:
+        cifar.main(argv)
+    assert exit_.value.code == 2 and 'has no <!-- cifar.md -->' in capsys.readouterr().err
+    assert readme.read_text() == 'no markers\n'
