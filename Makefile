@@ -39,6 +39,8 @@ data: venv
 # The paper's CIFAR blocks at CPU scale (hours: resumable, rows appended to benchmarks/results/cifar.csv).
 cifar: data
 	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar.py --blocks B1 B2 --seeds 3 --jobs 2
+	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar_classes.py
+	$(PY) benchmarks/cifar.py --report > /dev/null
 
 clean:
 	rm -rf $(VENV) output *.egg-info

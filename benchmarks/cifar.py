@@ -33,6 +33,9 @@ HPARAMS = os.path.join(ROOT, 'hparams')
 PACK = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar')
 FIELDS = ['block', 'setting', 'method', 'seed', 'recipe', 'epochs', 'commit', 'device', 'top1', 'top5', 'ece',
           'seconds']
+# cifar-classes.csv (benchmarks/cifar_classes.py): one row per class of each long-tail run
+CLASS_FIELDS = ['setting', 'method', 'seed', 'recipe', 'class', 'train_images', 'test_images', 'correct',
+                'predicted']
 
 
 class Setting(NamedTuple):
@@ -181,6 +184,17 @@ def read_rows(path: str) -> List[Dict]:
     return rows
 
 
+def read_class_rows(path: str) -> List[Dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ('seed', 'class', 'train_images', 'test_images', 'correct', 'predicted'):
+            r[k] = int(r[k])
+    return rows
+
+
 def fail(message: str) -> None:
     """A user error: one line on stderr, exit code 2."""
     print(f'cifar.py: {message}', file=sys.stderr)
@@ -213,7 +227,7 @@ def ensure_data(data_dir: str, datasets: Sequence[str]) -> None:
         subprocess.run([sys.executable, unpack, data_dir, '--only', d], check=True)
 
 
-def report(rows: List[Dict], recipe: str) -> str:
+def report(rows: List[Dict], recipe: str, class_rows: Sequence[Dict] = ()) -> str:
     rows = [r for r in rows if r['recipe'] == recipe]
     commits = sorted({r['commit'] for r in rows})
     lines = [f'Recipe `{recipe}`; {len(rows)} runs from commit(s) {", ".join(commits) or "-"}; '
@@ -246,7 +260,43 @@ def report(rows: List[Dict], recipe: str) -> str:
                     delta = (f'{paper[a] - paper[b]:+.2f}' if a in paper and b in paper
                              else f'{deltas[(a, b)]:+.2f}' if (a, b) in deltas else '-')
                     lines.append(f'| {a} − {b} | {len(diffs)} | {paired_interval(diffs)} | {delta} |')
+            lines += class_groups([r for r in class_rows if r['recipe'] == recipe and r['setting'] == setting])
     return '\n'.join(lines)
+
+
+def _group_percents(run: List[Dict], groups: Dict[str, List[int]]) -> List[float]:
+    """One run's top-1 % in each class group, then the % of all test images it predicts as the first group."""
+    def total(key: str, classes: Sequence[int]) -> int:
+        return sum(r[key] for r in run if r['class'] in classes)
+    accuracy = [100 * total('correct', g) / total('test_images', g) for g in groups.values()]
+    first = next(iter(groups.values()))
+    return accuracy + [100 * total('predicted', first) / sum(r['test_images'] for r in run)]
+
+
+def class_groups(cell: List[Dict]) -> List[str]:
+    """One long-tail setting's rows of cifar-classes.csv as a table: each method's top-1 on the most frequent
+    third of the classes (head), the middle and the rarest third (tail), and the share of test images it
+    predicts as a head class."""
+    if not cell:
+        return []
+    counts = {r['class']: r['train_images'] for r in cell}
+    order = sorted(counts, key=lambda c: (-counts[c], c))
+    third = round(len(order) / 3)
+    groups = {'head': order[:third], 'middle': order[third:-third], 'tail': order[-third:]}
+    lines = ['', f'Where the errors go: top-1 % on the {third} most frequent classes '
+                 f'(head: {counts[order[0]]}-{counts[order[third - 1]]} training images), the middle and '
+                 f'the {third} rarest (tail: {counts[order[-third]]}-{counts[order[-1]]}), and the share of '
+                 f'all test images predicted as a head class (a balanced test set has '
+                 f'{100 * third / len(order):.0f} %). Mean over seeds.', '',
+             '| method | seeds | head | middle | tail | predicted as head % |', '|---|---|---|---|---|---|']
+    for method in METHODS:
+        runs = [[r for r in cell if r['method'] == method and r['seed'] == s]
+                for s in sorted({r['seed'] for r in cell if r['method'] == method})]
+        if runs:
+            columns = zip(*(_group_percents(run, groups) for run in runs))
+            lines.append(f'| {method} | {len(runs)} | '
+                         + ' | '.join(f'{statistics.mean(c):.1f}' for c in columns) + ' |')
+    return lines
 
 
 def plot(rows: List[Dict], recipe: str, path: str) -> bool:
@@ -297,7 +347,7 @@ def write_report(out: str, stem: str, rows: List[Dict], recipes: Sequence[str], 
     parts = []
     for recipe in recipes:
         if any(r['recipe'] == recipe for r in rows):
-            parts.append(report(rows, recipe))
+            parts.append(report(rows, recipe, read_class_rows(os.path.join(out, 'cifar-classes.csv'))))
             plot(rows, recipe, os.path.join(out, f'{stem}-{recipe}.png'))
             curve = learning_curve(runs_dir, out, recipe)
             if curve:
