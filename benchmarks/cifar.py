@@ -172,27 +172,26 @@ def run_one(job: Tuple[Run, str, str, str, str, str]) -> Dict:
                 top5=float(last['eval_top5']), ece=float(last['eval_ece']), seconds=round(time.time() - start, 1))
 
 
-def read_rows(path: str) -> List[Dict]:
+def _read_csv(path: str, types: Dict[str, type]) -> List[Dict]:
+    """The rows of a results CSV (none if it is not there yet), with the named columns converted."""
     if not os.path.exists(path):
         return []
     with open(path, newline='') as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        r['seed'] = int(r['seed'])
-        for k in ('top1', 'top5', 'ece', 'seconds'):
-            r[k] = float(r[k])
+        r.update({k: convert(r[k]) for k, convert in types.items()})
     return rows
+
+
+def read_rows(path: str) -> List[Dict]:
+    """cifar.csv: one row per finished run."""
+    return _read_csv(path, {'seed': int, 'top1': float, 'top5': float, 'ece': float, 'seconds': float})
 
 
 def read_class_rows(path: str) -> List[Dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, newline='') as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ('seed', 'class', 'train_images', 'test_images', 'correct', 'predicted'):
-            r[k] = int(r[k])
-    return rows
+    """cifar-classes.csv: one row per class of each long-tail run."""
+    return _read_csv(path, {k: int for k in ('seed', 'class', 'train_images', 'test_images', 'correct',
+                                             'predicted')})
 
 
 def fail(message: str) -> None:
