@@ -97,7 +97,8 @@ BLOCKS = {
 }
 PAIRS = [('IC-Mixup', 'Mixup'), ('IC-Remix', 'Remix'), ('IC-RegMixup', 'RegMixup'), ('Mixup', 'ERM'),
          ('LA', 'ERM'), ('IC-Mixup', 'LA'), ('IC-Mixup + LA', 'IC-Mixup'), ('IC-Mixup + LA', 'LA'),
-         ('Mixup + LA', 'Mixup'), ('IC-Mixup', 'Mixup + LA'), ('ICM contrast, no mixing', 'ERM'), ('ICM contrast, no mixing', 'LA'),
+         ('Mixup + LA', 'Mixup'), ('IC-Mixup', 'Mixup + LA'), ('ICM contrast, no mixing', 'ERM'),
+         ('ICM contrast, no mixing', 'LA'),
          ('IC-Mixup', 'ICM contrast, no mixing'), ('IC-Mixup (merge)', 'IC-Mixup'),
          ('IC-Mixup (merge) + LA', 'IC-Mixup (merge)'), ('IC-Mixup (class)', 'Mixup'), ('IC-Mixup (pair)', 'Mixup')]
 # A run of this (block, method, seed) evaluates every epoch: the learning curve the README shows.
@@ -221,7 +222,7 @@ def ensure_data(data_dir: str, datasets: Sequence[str]) -> None:
     unpack = os.path.join(PACK, 'unpack.py')
     if not os.path.exists(unpack):
         fail(f'{", ".join(missing)} not in {data_dir} and no pack to unpack at {PACK}: '
-                 f'put the original pickles there (cifar-10-batches-py/, cifar-100-python/)')
+             f'put the original pickles there (cifar-10-batches-py/, cifar-100-python/)')
     for d in missing:
         subprocess.run([sys.executable, unpack, data_dir, '--only', d], check=True)
 
@@ -353,7 +354,8 @@ def write_report(out: str, stem: str, rows: List[Dict], recipes: Sequence[str], 
             if curve:
                 parts.append(curve)
     with open(os.path.join(out, f'{stem}.md'), 'w') as f:
-        f.write('Made by `python benchmarks/cifar.py --report` from `cifar.csv`.\n\n' + '\n\n'.join(parts) + '\n')
+        f.write('Made by `python benchmarks/cifar.py --report` from `cifar.csv` and `cifar-classes.csv`.\n\n'
+                + '\n\n'.join(parts) + '\n')
 
 
 README_START, README_END = '<!-- cifar.md -->', '<!-- /cifar.md -->'
