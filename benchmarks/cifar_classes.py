@@ -4,8 +4,8 @@
     python benchmarks/cifar.py --report          # then shows the head/tail table beside the others
 
 A run's overall top-1 hides where its errors go: on a long tail, ERM never predicts the rarest classes
-and a loss that over-corrects never predicts the most frequent. This reads every run of ``cifar.csv``
-whose folder is still in ``--runs-dir``, evaluates its last checkpoint on the test set with the run's own
+and a loss that over-corrects never predicts the most frequent. This reads every long-tail run of
+``cifar.csv`` whose folder is still in ``--runs-dir``, evaluates its last checkpoint on the test set with the run's own
 ``args.yaml`` (train_icm.py's model, data and transform code), checks that it reproduces the run's
 recorded top-1, and appends one row per class (training images, test images, correct, predicted) to
 ``cifar-classes.csv``. Runs already there are skipped; runs whose folder is gone are reported, not lost.
@@ -19,6 +19,7 @@ from typing import Dict, List
 import torch
 
 from cifar import CLASS_FIELDS, ROOT, SETTINGS, Run, fail, read_class_rows, read_rows, run_name
+
 
 def evaluate_run(run_dir: str, data_dir: str) -> List[Dict]:
     """Per-class counts of the run's last checkpoint on its evaluation split."""
