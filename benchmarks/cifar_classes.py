@@ -5,10 +5,11 @@
 
 A run's overall top-1 hides where its errors go: on a long tail, ERM never predicts the rarest classes
 and a loss that over-corrects never predicts the most frequent. This reads every long-tail run of
-``cifar.csv`` whose folder is still in ``--runs-dir``, evaluates its last checkpoint on the test set with the run's own
-``args.yaml`` (train_icm.py's model, data and transform code), checks that it reproduces the run's
-recorded top-1, and appends one row per class (training images, test images, correct, predicted) to
-``cifar-classes.csv``. Runs already there are skipped; runs whose folder is gone are reported, not lost.
+``cifar.csv`` whose folder is still in ``--runs-dir``, evaluates its last checkpoint on the test set
+with the run's own ``args.yaml`` (train_icm.py's model, data and transform code), checks that it
+reproduces the run's recorded top-1, and appends one row per class (training images, test images,
+correct, predicted) to ``cifar-classes.csv``. Runs already there are skipped; runs whose folder is
+gone are reported, not lost.
 """
 import argparse
 import csv
