@@ -201,14 +201,14 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def append_row(path: str, row: Dict) -> None:
-    """One line per finished run, flushed to disk at once (a cut-off suite keeps every finished run)."""
+def append_row(path: str, row: Dict, fields: Sequence[str] = FIELDS) -> None:
+    """One line per finished run (or class), flushed to disk at once (a cut-off suite keeps every finished run)."""
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     with open(path, 'a', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
-        writer.writerow({k: row[k] for k in FIELDS})
+        writer.writerow({k: row[k] for k in fields})
         f.flush()
         os.fsync(f.fileno())
 

@@ -12,14 +12,13 @@ correct, predicted) to ``cifar-classes.csv``. Runs already there are skipped; ru
 gone are reported, not lost.
 """
 import argparse
-import csv
 import os
 import sys
 from typing import Dict, List
 
 import torch
 
-from cifar import CLASS_FIELDS, ROOT, SETTINGS, Run, fail, read_class_rows, read_rows, run_name
+from cifar import CLASS_FIELDS, ROOT, SETTINGS, Run, append_row, fail, read_class_rows, read_rows, run_name
 
 
 def evaluate_run(run_dir: str, data_dir: str) -> List[Dict]:
@@ -72,13 +71,9 @@ def main(argv=None) -> int:
         top1 = 100 * sum(c['correct'] for c in classes) / sum(c['test_images'] for c in classes)
         if abs(top1 - row['top1']) > 0.015:
             fail(f'{run_dir}: its last checkpoint gives top-1 {top1:.2f}, the run recorded {row["top1"]:.2f}')
-        new = not os.path.exists(path)
-        with open(path, 'a', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=CLASS_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows({'setting': key[1], 'method': key[2], 'seed': key[3], 'recipe': key[0], **c}
-                             for c in classes)
+        for c in classes:
+            append_row(path, {'setting': key[1], 'method': key[2], 'seed': key[3], 'recipe': key[0], **c},
+                       CLASS_FIELDS)
         print(f'{os.path.basename(run_dir)}: top-1 {top1:.2f} (recorded {row["top1"]:.2f})', flush=True)
     if missing:
         print(f'{len(missing)} runs of cifar.csv have no folder with last.pth.tar in {args.runs_dir}: '
