@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+import timm
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
@@ -14,31 +16,57 @@ sys.path.insert(0, ROOT)
 import cifar  # noqa: E402
 import cifar_classes  # noqa: E402
 import train_icm  # noqa: E402
-from test_datasets import cifar10_files, write_folder  # noqa: E402
+from test_datasets import CIFAR10_NAMES, cifar_blob, meta_blob, write_folder  # noqa: E402
 
 RUN = cifar.Run('B1', 'LT-CIFAR-10 0.01', 'IC-Mixup', 0)
 
 
+def shaded(rng, labels):
+    """Images whose brightness gives the class away, so that a few epochs learn them: a model that predicts
+    many classes makes the per-class counts a fingerprint of the transform and the checkpoint, which a
+    model at chance (one class for every image) is not."""
+    base = (20 + 23 * np.asarray(labels))[:, None, None, None]
+    return np.clip(base + rng.integers(-8, 9, size=(len(labels), 32, 32, 3)), 0, 255).astype(np.uint8)
+
+
+TEST_LABELS = np.repeat(np.arange(10), 6)
+TEST_IMAGES = shaded(np.random.default_rng(1), TEST_LABELS)
+
+
 @pytest.fixture
 def finished_run(tmp_path):
-    """A one-epoch train_icm.py run on a tiny long-tailed CIFAR-10, recorded in cifar.csv as the suite does."""
+    """A short train_icm.py run on a tiny long-tailed CIFAR-10, recorded in cifar.csv as the suite does."""
     rng = np.random.default_rng(0)
-    files, _ = cifar10_files(rng, per_batch=40, n_test=60, labels=np.repeat(np.arange(10), 20))
+    train_labels = rng.permutation(np.repeat(np.arange(10), 20))
+    files = {f'data_batch_{b}': cifar_blob(shaded(rng, labels), labels, 'labels', False)
+             for b, labels in enumerate(np.split(train_labels, 5), start=1)}
+    files['test_batch'] = cifar_blob(TEST_IMAGES, TEST_LABELS, 'labels', False)
+    files['batches.meta'] = meta_blob('label_names', CIFAR10_NAMES, False)
     data = tmp_path / 'data'
     write_folder(str(data / 'cifar-10-batches-py'), files)
     runs, out = tmp_path / 'runs', tmp_path / 'results'
     name = cifar.run_name(RUN, 'cpu')
     argv = ['-c', os.path.join(ROOT, 'hparams', 'cpu', 'cifar10_resnet20.yaml'),
             '-c', os.path.join(ROOT, 'hparams', 'methods', 'icmixup.yaml'), '--imbalance-ratio', '0.5',
-            '--epochs', '1', '--batch-size', '16', '--data-dir', str(data), '--output', str(runs),
+            '--epochs', '4', '--lr', '0.02', '--batch-size', '16', '--data-dir', str(data), '--output', str(runs),
             '--experiment', name]
     assert train_icm.main(argv) == 0
     with open(runs / name / 'summary.csv', newline='') as f:
         top1 = float(list(csv.DictReader(f))[-1]['eval_top1'])
     out.mkdir()
-    cifar.append_row(str(out / 'cifar.csv'), dict(RUN._asdict(), recipe='cpu', epochs=1, commit='abc', device='cpu',
+    cifar.append_row(str(out / 'cifar.csv'), dict(RUN._asdict(), recipe='cpu', epochs=4, commit='abc', device='cpu',
                                                   top1=top1, top5=0.0, ece=0.0, seconds=1.0))
     return data, runs, out
+
+
+def plain_torch_predictions(checkpoint: str, images: np.ndarray) -> torch.Tensor:
+    """The reference: the checkpoint's weights in a fresh model, CIFAR-10's normalisation by hand."""
+    model = timm.create_model('resnet20_cifar', num_classes=10)
+    model.load_state_dict(torch.load(checkpoint, map_location='cpu', weights_only=False)['state_dict'])
+    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
+    x = (torch.from_numpy(images).float() / 255 - mean) / std
+    with torch.no_grad():
+        return model.eval()(x.permute(0, 3, 1, 2)).argmax(dim=1)
 
 
 def test_per_class_counts_reproduce_the_recorded_top1(finished_run, capsys):
@@ -50,9 +78,13 @@ def test_per_class_counts_reproduce_the_recorded_top1(finished_run, capsys):
     with open(runs / cifar.run_name(RUN, 'cpu') / 'class_counts.json') as f:
         counts = json.load(f)
     assert [r['train_images'] for r in rows] == counts and counts[0] == 20 and counts[-1] == 10  # the long tail
-    assert sum(r['test_images'] for r in rows) == sum(r['predicted'] for r in rows) == 60
+    assert [r['test_images'] for r in rows] == [6] * 10
     recorded = cifar.read_rows(str(out / 'cifar.csv'))[0]['top1']
     assert 100 * sum(r['correct'] for r in rows) / 60 == pytest.approx(recorded, abs=0.01)
+    guess = plain_torch_predictions(str(runs / cifar.run_name(RUN, 'cpu') / 'last.pth.tar'), TEST_IMAGES)
+    assert [r['predicted'] for r in rows] == torch.bincount(guess, minlength=10).tolist()
+    assert [r['correct'] for r in rows] == [int((guess[TEST_LABELS == c] == c).sum()) for c in range(10)]
+    assert recorded >= 30 and sum(r['predicted'] > 0 for r in rows) >= 3  # it learnt: the counts are a fingerprint
     assert f'top-1 {recorded:.2f} (recorded {recorded:.2f})' in capsys.readouterr().out
     assert cifar_classes.main(argv) == 0  # done runs are skipped
     assert len(cifar.read_class_rows(str(out / 'cifar-classes.csv'))) == 10
