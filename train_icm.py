@@ -82,7 +82,8 @@ def build_datasets(args: argparse.Namespace):
     common = dict(root=args.data_dir, class_map=args.class_map, download=args.dataset_download,
                   batch_size=args.batch_size, input_img_mode=img_mode)
     try:
-        train = datasets.create_dataset(args.dataset, split=args.train_split, is_training=True, seed=args.seed, **common)
+        train = datasets.create_dataset(args.dataset, split=args.train_split, is_training=True, seed=args.seed,
+                                        **common)
         evaluation = datasets.create_dataset(args.dataset, split=args.val_split, **common) if args.val_split else None
     except FileNotFoundError as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else f'data not found: {args.data_dir}') from None

@@ -143,8 +143,9 @@ def step_benchmark(args, device):
                 loss.backward()
             return run
 
-        ce_loss, icm_loss = time_interleaved([loss_only(SoftTargetCrossEntropy()), loss_only(InfiniteClassCrossEntropy())],
-                                             args.step_repeats, 1, device, inner=50)
+        ce_loss, icm_loss = time_interleaved(
+            [loss_only(SoftTargetCrossEntropy()), loss_only(InfiniteClassCrossEntropy())],
+            args.step_repeats, 1, device, inner=50)
         mixup_ms = 1e3 * statistics.median(mixup)
         extra_ms = 1e3 * (statistics.median(icm_loss) - statistics.median(ce_loss))
         row = dict(model=name, image=size, batch=batch, classes=classes, mixup_ms=mixup_ms,

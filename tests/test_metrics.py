@@ -10,7 +10,8 @@ def reference_ece(logits, target, num_bins=15):
     total = 0.
     for b in range(num_bins):
         lo, hi = b / num_bins, (b + 1) / num_bins
-        members = [i for i in range(len(target)) if lo <= probs[i].max() < hi or (b == num_bins - 1 and probs[i].max() == 1)]
+        members = [i for i in range(len(target))
+                   if lo <= probs[i].max() < hi or (b == num_bins - 1 and probs[i].max() == 1)]
         if members:
             accuracy = sum(float(probs[i].argmax() == target[i]) for i in members) / len(members)
             confidence = sum(float(probs[i].max()) for i in members) / len(members)

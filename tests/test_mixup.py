@@ -207,7 +207,8 @@ def test_remix_and_regmixup_together():
     counts = [5000, 2000, 1000, 500, 200, 100, 50, 20, 10, 5]
     x, y = batch()
     np.random.seed(10)
-    _, remix_t = InfiniteClassMixup(mixup_alpha=1., remix=True, class_counts=counts, num_classes=NUM_CLASSES)(x.clone(), y)
+    remix = InfiniteClassMixup(mixup_alpha=1., remix=True, class_counts=counts, num_classes=NUM_CLASSES)
+    _, remix_t = remix(x.clone(), y)
     np.random.seed(10)
     out_x, out_t = InfiniteClassMixup(mixup_alpha=1., remix=True, regmixup=True, class_counts=counts,
                                       num_classes=NUM_CLASSES)(x.clone(), y)
