@@ -96,11 +96,12 @@ BLOCKS = {
                 last=True),
 }
 PAIRS = [('IC-Mixup', 'Mixup'), ('IC-Remix', 'Remix'), ('IC-RegMixup', 'RegMixup'), ('Mixup', 'ERM'),
-         ('LA', 'ERM'), ('IC-Mixup', 'LA'), ('IC-Mixup + LA', 'IC-Mixup'), ('IC-Mixup + LA', 'LA'),
+         ('IC-Mixup', 'ERM'), ('LA', 'ERM'), ('IC-Mixup', 'LA'), ('IC-Mixup + LA', 'IC-Mixup'), ('IC-Mixup + LA', 'LA'),
          ('Mixup + LA', 'Mixup'), ('IC-Mixup', 'Mixup + LA'), ('ICM contrast, no mixing', 'ERM'),
          ('ICM contrast, no mixing', 'LA'),
          ('IC-Mixup', 'ICM contrast, no mixing'), ('IC-Mixup (merge)', 'IC-Mixup'),
-         ('IC-Mixup (merge) + LA', 'IC-Mixup (merge)'), ('IC-Mixup (class)', 'Mixup'), ('IC-Mixup (pair)', 'Mixup')]
+         ('IC-Mixup (merge) + LA', 'IC-Mixup (merge)'), ('IC-Mixup (class)', 'Mixup'), ('IC-Mixup (pair)', 'Mixup'),
+         ('IC-Mixup', 'IC-Mixup (class)')]
 # A run of this (block, method, seed) evaluates every epoch: the learning curve the README shows.
 CURVE_RUN = ('B1', 'IC-Mixup', 0)
 
