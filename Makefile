@@ -37,10 +37,11 @@ data: venv
 	$(PY) $(CIFAR_PACK)/unpack.py data
 
 # The paper's CIFAR blocks at CPU scale (hours: resumable, rows appended to benchmarks/results/cifar.csv).
+CIFAR_BLOCKS ?= B1 B2 B3
 cifar: data
-	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar.py --blocks B1 B2 --seeds 3 --jobs 2
+	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar.py --blocks $(CIFAR_BLOCKS) --extras --seeds 3 --jobs 2
 	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar_classes.py
-	$(PY) benchmarks/cifar.py --report > /dev/null
+	$(PY) benchmarks/cifar.py --report --readme README.md > /dev/null
 
 clean:
 	rm -rf $(VENV) output *.egg-info
