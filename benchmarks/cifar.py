@@ -34,8 +34,9 @@ PACK = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar')
 FIELDS = ['block', 'setting', 'method', 'seed', 'recipe', 'epochs', 'commit', 'device', 'top1', 'top5', 'ece',
           'seconds']
 # cifar-classes.csv (benchmarks/cifar_classes.py): one row per class of each long-tail run
+# 'confidence': the sum, over the class's test images, of the model's top softmax probability.
 CLASS_FIELDS = ['setting', 'method', 'seed', 'recipe', 'class', 'train_images', 'test_images', 'correct',
-                'predicted']
+                'predicted', 'confidence']
 
 
 class Setting(NamedTuple):
@@ -191,9 +192,13 @@ def read_rows(path: str) -> List[Dict]:
 
 
 def read_class_rows(path: str) -> List[Dict]:
-    """cifar-classes.csv: one row per class of each long-tail run."""
-    return _read_csv(path, {k: int for k in ('seed', 'class', 'train_images', 'test_images', 'correct',
-                                             'predicted')})
+    """cifar-classes.csv: one row per class of each run."""
+    return _read_csv(path, {**{k: int for k in ('seed', 'class', 'train_images', 'test_images', 'correct',
+                                                'predicted')}, 'confidence': float})
+
+
+def is_long_tail(setting: str) -> bool:
+    return '--imbalance-ratio' in SETTINGS[setting].flags
 
 
 def fail(message: str) -> None:
@@ -262,7 +267,8 @@ def report(rows: List[Dict], recipe: str, class_rows: Sequence[Dict] = ()) -> st
                              else f'{deltas[(a, b)]:+.2f}' if (a, b) in deltas else '-')
                     subtrahend = f'({b})' if ' + ' in b else b
                     lines.append(f'| {a} − {subtrahend} | {len(diffs)} | {paired_interval(diffs)} | {delta} |')
-            lines += class_groups([r for r in class_rows if r['recipe'] == recipe and r['setting'] == setting])
+            per_class = [r for r in class_rows if r['recipe'] == recipe and r['setting'] == setting]
+            lines += confidence_table(per_class) + (class_groups(per_class) if is_long_tail(setting) else [])
     return '\n'.join(lines)
 
 
@@ -273,6 +279,29 @@ def _group_percents(run: List[Dict], groups: Dict[str, List[int]]) -> List[float
     accuracy = [100 * total('correct', g) / total('test_images', g) for g in groups.values()]
     first = next(iter(groups.values()))
     return accuracy + [100 * total('predicted', first) / sum(r['test_images'] for r in run)]
+
+
+def _seed_runs(cell: List[Dict], method: str) -> List[List[Dict]]:
+    """A method's per-class rows, one list per seed."""
+    seeds = sorted({r['seed'] for r in cell if r['method'] == method})
+    return [[r for r in cell if r['method'] == method and r['seed'] == s] for s in seeds]
+
+
+def confidence_table(cell: List[Dict]) -> List[str]:
+    """Which way each method's calibration errs: its mean top softmax probability on the test set against
+    its top-1 (confidence above top-1 is overconfidence), from the rows of cifar-classes.csv."""
+    lines = ['', 'Confidence against accuracy on the test set: the mean top softmax probability, and by how '
+                 'much it exceeds top-1 (positive: overconfident). Mean over seeds.', '',
+             '| method | seeds | top-1 % | confidence % | confidence − top-1 |', '|---|---|---|---|---|']
+    for method in METHODS:
+        runs = _seed_runs(cell, method)
+        if runs:
+            top1, confidence = zip(*((100 * sum(r['correct'] for r in run) / sum(r['test_images'] for r in run),
+                                      100 * sum(r['confidence'] for r in run) / sum(r['test_images'] for r in run))
+                                     for run in runs))
+            top1, confidence = statistics.mean(top1), statistics.mean(confidence)
+            lines.append(f'| {method} | {len(runs)} | {top1:.1f} | {confidence:.1f} | {confidence - top1:+.1f} |')
+    return lines if len(lines) > 5 else []
 
 
 def class_groups(cell: List[Dict]) -> List[str]:
@@ -292,8 +321,7 @@ def class_groups(cell: List[Dict]) -> List[str]:
                  f'{100 * third / len(order):.0f} %). Mean over seeds.', '',
              '| method | seeds | head | middle | tail | predicted as head % |', '|---|---|---|---|---|---|']
     for method in METHODS:
-        runs = [[r for r in cell if r['method'] == method and r['seed'] == s]
-                for s in sorted({r['seed'] for r in cell if r['method'] == method})]
+        runs = _seed_runs(cell, method)
         if runs:
             columns = zip(*(_group_percents(run, groups) for run in runs))
             lines.append(f'| {method} | {len(runs)} | '

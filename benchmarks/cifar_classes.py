@@ -1,15 +1,15 @@
-"""Which classes each finished CIFAR run gets right: head, middle and tail accuracy on the long tails.
+"""Which classes each finished CIFAR run gets right, and how confident it is: per-class test counts.
 
     python benchmarks/cifar_classes.py [--data-dir data] [--runs-dir output/cifar]
-    python benchmarks/cifar.py --report          # then shows the head/tail table beside the others
+    python benchmarks/cifar.py --report          # then shows the tables made from them beside the others
 
 A run's overall top-1 hides where its errors go: on a long tail, ERM never predicts the rarest classes
-and a loss that over-corrects never predicts the most frequent. This reads every long-tail run of
-``cifar.csv`` whose folder is still in ``--runs-dir``, evaluates its last checkpoint on the test set
-with the run's own ``args.yaml`` (train_icm.py's model, data and transform code), checks that it
-reproduces the run's recorded top-1, and appends one row per class (training images, test images,
-correct, predicted) to ``cifar-classes.csv``. Runs already there are skipped; runs whose folder is
-gone are reported, not lost.
+and a loss that over-corrects never predicts the most frequent. Its ECE hides which way it errs, over-
+or underconfident. This reads every run of ``cifar.csv`` whose folder is still in ``--runs-dir``,
+evaluates its last checkpoint on the test set with the run's own ``args.yaml`` (train_icm.py's model,
+data and transform code), checks that it reproduces the run's recorded top-1, and appends one row per
+class (training images, test images, correct, predicted, summed top softmax probability) to
+``cifar-classes.csv``. Runs already there are skipped; runs whose folder is gone are reported, not lost.
 """
 import argparse
 import os
@@ -18,11 +18,12 @@ from typing import Dict, List
 
 import torch
 
-from cifar import CLASS_FIELDS, ROOT, SETTINGS, Run, append_row, fail, read_class_rows, read_rows, run_name
+from cifar import CLASS_FIELDS, ROOT, Run, append_row, fail, read_class_rows, read_rows, run_name
 
 
 def evaluate_run(run_dir: str, data_dir: str) -> List[Dict]:
-    """Per-class counts of the run's last checkpoint on its evaluation split."""
+    """Per-class counts and summed top softmax probability of the run's last checkpoint on its evaluation
+    split."""
     sys.path.insert(0, ROOT)
     from timm.data import resolve_data_config
     from timm.models import load_checkpoint
@@ -38,15 +39,19 @@ def evaluate_run(run_dir: str, data_dir: str) -> List[Dict]:
     _, loader = train_icm.build_loaders(args, data_config, dataset_train, dataset_eval, None, torch.device('cpu'))
     classes = args.num_classes
     test_images, correct, predicted = (torch.zeros(classes, dtype=torch.long) for _ in range(3))
+    confidence = torch.zeros(classes, dtype=torch.float64)
     model.eval()
     with torch.no_grad():
         for images, target in loader:
-            guess = model(images).argmax(dim=1)
+            logits = model(images)
+            guess, top = logits.argmax(dim=1), logits.softmax(dim=1).amax(dim=1)
             test_images += torch.bincount(target, minlength=classes)
             correct += torch.bincount(target[guess == target], minlength=classes)
             predicted += torch.bincount(guess, minlength=classes)
+            confidence += torch.bincount(target, weights=top.double(), minlength=classes)
     return [{'class': c, 'train_images': int(counts[c]), 'test_images': int(test_images[c]),
-             'correct': int(correct[c]), 'predicted': int(predicted[c])} for c in range(classes)]
+             'correct': int(correct[c]), 'predicted': int(predicted[c]), 'confidence': round(float(confidence[c]), 4)}
+            for c in range(classes)]
 
 
 def main(argv=None) -> int:
@@ -62,7 +67,7 @@ def main(argv=None) -> int:
     for row in read_rows(os.path.join(args.out, 'cifar.csv')):
         key = (row['recipe'], row['setting'], row['method'], row['seed'])
         run_dir = os.path.join(args.runs_dir, run_name(Run(row['block'], *key[1:]), row['recipe']))
-        if key in done or '--imbalance-ratio' not in SETTINGS[row['setting']].flags:  # long tails only
+        if key in done:
             continue
         if not os.path.exists(os.path.join(run_dir, 'last.pth.tar')):
             missing.append(os.path.basename(run_dir))

@@ -59,14 +59,14 @@ def finished_run(tmp_path):
     return data, runs, out
 
 
-def plain_torch_predictions(checkpoint: str, images: np.ndarray) -> torch.Tensor:
+def plain_torch_probabilities(checkpoint: str, images: np.ndarray) -> torch.Tensor:
     """The reference: the checkpoint's weights in a fresh model, CIFAR-10's normalisation by hand."""
     model = timm.create_model('resnet20_cifar', num_classes=10)
     model.load_state_dict(torch.load(checkpoint, map_location='cpu', weights_only=False)['state_dict'])
     mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
     x = (torch.from_numpy(images).float() / 255 - mean) / std
     with torch.no_grad():
-        return model.eval()(x.permute(0, 3, 1, 2)).argmax(dim=1)
+        return model.eval()(x.permute(0, 3, 1, 2)).softmax(dim=1)
 
 
 def test_per_class_counts_reproduce_the_recorded_top1(finished_run, capsys):
@@ -81,9 +81,13 @@ def test_per_class_counts_reproduce_the_recorded_top1(finished_run, capsys):
     assert [r['test_images'] for r in rows] == [6] * 10
     recorded = cifar.read_rows(str(out / 'cifar.csv'))[0]['top1']
     assert 100 * sum(r['correct'] for r in rows) / 60 == pytest.approx(recorded, abs=0.01)
-    guess = plain_torch_predictions(str(runs / cifar.run_name(RUN, 'cpu') / 'last.pth.tar'), TEST_IMAGES)
+    probs = plain_torch_probabilities(str(runs / cifar.run_name(RUN, 'cpu') / 'last.pth.tar'), TEST_IMAGES)
+    guess = probs.argmax(dim=1)
     assert [r['predicted'] for r in rows] == torch.bincount(guess, minlength=10).tolist()
     assert [r['correct'] for r in rows] == [int((guess[TEST_LABELS == c] == c).sum()) for c in range(10)]
+    top = probs.amax(dim=1)
+    assert [r['confidence'] for r in rows] == pytest.approx([float(top[TEST_LABELS == c].sum()) for c in range(10)],
+                                                            abs=1e-3)
     assert recorded >= 30 and sum(r['predicted'] > 0 for r in rows) >= 3  # it learnt: the counts are a fingerprint
     assert f'top-1 {recorded:.2f} (recorded {recorded:.2f})' in capsys.readouterr().out
     assert cifar_classes.main(argv) == 0  # done runs are skipped
@@ -103,19 +107,29 @@ def test_a_checkpoint_that_does_not_give_the_recorded_top1_is_refused(finished_r
     assert not (out / 'cifar-classes.csv').exists()
 
 
-def class_rows(method, seed, correct, predicted, counts=(500, 300, 200, 100, 50, 20)):
+def class_rows(method, seed, correct, predicted, confidence=(5.0,) * 6, counts=(500, 300, 200, 100, 50, 20)):
     return [dict(setting='LT-CIFAR-10 0.01', method=method, seed=seed, recipe='cpu', **{'class': c},
-                 train_images=n, test_images=10, correct=correct[c], predicted=predicted[c])
+                 train_images=n, test_images=10, correct=correct[c], predicted=predicted[c], confidence=confidence[c])
             for c, n in enumerate(counts)]
 
 
+ERM_0 = class_rows('ERM', 0, [10, 8, 5, 3, 0, 0], [20, 15, 10, 10, 5, 0], [9.0, 8.0, 7.0, 6.0, 5.0, 4.0])
+ERM_1 = class_rows('ERM', 1, [10, 10, 5, 5, 0, 0], [22, 15, 10, 8, 5, 0], [9.5, 9.5, 8.0, 6.0, 6.0, 5.0])
+LA_0 = class_rows('LA', 0, [6, 6, 6, 6, 6, 6], [10, 10, 10, 10, 10, 10])
+
+
 def test_head_middle_tail_table():
-    rows = (class_rows('ERM', 0, [10, 8, 5, 3, 0, 0], [20, 15, 10, 10, 5, 0])
-            + class_rows('ERM', 1, [10, 10, 5, 5, 0, 0], [22, 15, 10, 8, 5, 0])
-            + class_rows('LA', 0, [6, 6, 6, 6, 6, 6], [10, 10, 10, 10, 10, 10]))
-    text = '\n'.join(cifar.class_groups(rows))
+    text = '\n'.join(cifar.class_groups(ERM_0 + ERM_1 + LA_0))
     assert 'head: 500-300 training images' in text and 'tail: 50-20' in text and 'has 33 %' in text
     # ERM seed 0: head 18/20, middle 8/20, tail 0/20, 35/60 predicted as head; seed 1: 20/20, 10/20, 0, 37/60
     assert '| ERM | 2 | 95.0 | 45.0 | 0.0 | 60.0 |' in text
     assert '| LA | 1 | 60.0 | 60.0 | 60.0 | 33.3 |' in text
     assert cifar.class_groups([]) == []
+
+
+def test_confidence_table():
+    text = '\n'.join(cifar.confidence_table(ERM_0 + ERM_1 + LA_0))
+    # ERM: top-1 26/60 and 30/60, confidence 39/60 and 44/60: means 46.7 % and 69.2 %; LA: 36/60, 30/60
+    assert '| ERM | 2 | 46.7 | 69.2 | +22.5 |' in text
+    assert '| LA | 1 | 60.0 | 50.0 | -10.0 |' in text
+    assert cifar.confidence_table([]) == []
