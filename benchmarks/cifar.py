@@ -33,7 +33,7 @@ HPARAMS = os.path.join(ROOT, 'hparams')
 PACK = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar')
 FIELDS = ['block', 'setting', 'method', 'seed', 'recipe', 'epochs', 'commit', 'device', 'top1', 'top5', 'ece',
           'seconds']
-# cifar-classes.csv (benchmarks/cifar_classes.py): one row per class of each long-tail run
+# cifar-classes.csv (benchmarks/cifar_classes.py): one row per class of each run
 # 'confidence': the sum, over the class's test images, of the model's top softmax probability.
 CLASS_FIELDS = ['setting', 'method', 'seed', 'recipe', 'class', 'train_images', 'test_images', 'correct',
                 'predicted', 'confidence']
@@ -290,18 +290,20 @@ def _seed_runs(cell: List[Dict], method: str) -> List[List[Dict]]:
 def confidence_table(cell: List[Dict]) -> List[str]:
     """Which way each method's calibration errs: its mean top softmax probability on the test set against
     its top-1 (confidence above top-1 is overconfidence), from the rows of cifar-classes.csv."""
-    lines = ['', 'Confidence against accuracy on the test set: the mean top softmax probability, and by how '
-                 'much it exceeds top-1 (positive: overconfident). Mean over seeds.', '',
-             '| method | seeds | top-1 % | confidence % | confidence − top-1 |', '|---|---|---|---|---|']
+    def percent(run: List[Dict], key: str) -> float:
+        return 100 * sum(r[key] for r in run) / sum(r['test_images'] for r in run)
+    table = []
     for method in METHODS:
         runs = _seed_runs(cell, method)
         if runs:
-            top1, confidence = zip(*((100 * sum(r['correct'] for r in run) / sum(r['test_images'] for r in run),
-                                      100 * sum(r['confidence'] for r in run) / sum(r['test_images'] for r in run))
-                                     for run in runs))
-            top1, confidence = statistics.mean(top1), statistics.mean(confidence)
-            lines.append(f'| {method} | {len(runs)} | {top1:.1f} | {confidence:.1f} | {confidence - top1:+.1f} |')
-    return lines if len(lines) > 5 else []
+            top1 = statistics.mean(percent(run, 'correct') for run in runs)
+            confidence = statistics.mean(percent(run, 'confidence') for run in runs)
+            table.append(f'| {method} | {len(runs)} | {top1:.1f} | {confidence:.1f} | {confidence - top1:+.1f} |')
+    if not table:
+        return []
+    return ['', 'Confidence against accuracy on the test set: the mean top softmax probability, and by how '
+                'much it exceeds top-1 (positive: overconfident). Mean over seeds.', '',
+            '| method | seeds | top-1 % | confidence % | confidence − top-1 |', '|---|---|---|---|---|'] + table
 
 
 def class_groups(cell: List[Dict]) -> List[str]:
