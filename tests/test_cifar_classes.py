@@ -1,5 +1,5 @@
-"""benchmarks/cifar_classes.py: a finished run's per-class counts reproduce its recorded top-1, and the head /
-middle / tail table made from them."""
+"""benchmarks/cifar_classes.py: a finished run's per-class counts and confidences match a plain-torch evaluation
+of its checkpoint and reproduce its recorded top-1; the head / middle / tail and confidence tables made from them."""
 import csv
 import json
 import os
@@ -88,7 +88,7 @@ def test_per_class_counts_reproduce_the_recorded_top1(finished_run, capsys):
     top = probs.amax(dim=1)
     assert [r['confidence'] for r in rows] == pytest.approx([float(top[TEST_LABELS == c].sum()) for c in range(10)],
                                                             abs=1e-3)
-    assert recorded >= 30 and sum(r['predicted'] > 0 for r in rows) >= 3  # it learnt: the counts are a fingerprint
+    assert recorded >= 20 and sum(r['predicted'] > 0 for r in rows) >= 3  # it learnt: the counts are a fingerprint
     assert f'top-1 {recorded:.2f} (recorded {recorded:.2f})' in capsys.readouterr().out
     assert cifar_classes.main(argv) == 0  # done runs are skipped
     assert len(cifar.read_class_rows(str(out / 'cifar-classes.csv'))) == 10
