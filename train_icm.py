@@ -34,6 +34,7 @@ from timm_icm import cli, datasets, files, subsets, transforms
 from timm_icm.run_files import RunCheckpointSaver, append_summary, trim_summary
 from timm_icm.train_checks import (UsageError, check_input, check_labels, check_resume_checkpoint,
                                    initial_checkpoint_weights, input_channels)
+from timm_icm.distributed import release_process_group
 from timm_icm.factory import create_mixer, create_train_loss
 from timm_icm.metrics import ClassificationMeter
 
@@ -417,6 +418,8 @@ def main(argv: Optional[list] = None) -> int:
     except (UsageError, files.FileProblem) as e:
         print(f'train_icm.py: error: {e}', file=sys.stderr)
         return 2
+    finally:
+        release_process_group()
 
 
 if __name__ == '__main__':

@@ -187,6 +187,17 @@ def test_logit_adjust_without_mixing_wraps_the_task_criterion(image_folder, tmp_
     assert 'ClassificationTask: criterion=LogitAdjustedLoss' in output
 
 
+def test_main_destroys_the_process_group_a_failed_script_leaves(monkeypatch, capsys):
+    def run(script, argv):  # a script that set up torch.distributed, then stopped on an ICM error
+        torch.distributed.init_process_group('gloo', init_method='tcp://127.0.0.1:0', rank=0, world_size=1)
+        raise launch.LaunchError('the script never called the loss')
+
+    monkeypatch.setattr(launch, 'run', run)
+    assert launch.main(['train.py', '--icm']) == 2
+    assert not torch.distributed.is_initialized()
+    assert 'error: the script never called the loss' in capsys.readouterr().err
+
+
 def test_logit_adjust_with_a_loss_the_launcher_never_sees_is_an_error(image_folder, tmp_path):
     """timm's older train.py calls nn.CrossEntropyLoss directly when mixing is off: LA must not be dropped."""
     with pytest.raises(launch.LaunchError, match='--logit-adjust: the script finished without calling the '

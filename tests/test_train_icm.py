@@ -101,6 +101,20 @@ def test_torchrun_two_processes_on_cpu(tmp_path, fashion_mnist_dir):
     assert [int(r['epoch']) for r in summary_rows(tmp_path / 'ddp')] == [0, 1]
 
 
+@pytest.mark.parametrize('outcome', ['trained', 'usage error'])
+def test_main_destroys_the_process_group_it_leaves(monkeypatch, outcome):
+    # Left to the interpreter's exit, gloo's threads can abort a finished rank (SIGABRT), failing torchrun.
+    def train(args, args_text):
+        dist.init_process_group('gloo', init_method='tcp://127.0.0.1:0', rank=0, world_size=1)
+        if outcome == 'usage error':
+            raise train_icm.UsageError('a problem')
+        return 0
+
+    monkeypatch.setattr(train_icm, 'train', train)
+    assert train_icm.main(['--dataset', 'torch/fashion_mnist']) == (0 if outcome == 'trained' else 2)
+    assert not dist.is_initialized()
+
+
 def _gathered_loss_worker(rank, world_size, port, logits, target, queue):
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world_size)
     rows = slice(rank * 4, rank * 4 + 4)

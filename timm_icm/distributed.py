@@ -20,6 +20,16 @@ def world() -> Tuple[int, int]:
     return 0, 1
 
 
+def release_process_group() -> None:
+    """Destroy the default process group if one is left, as timm's train.py does at its end.
+
+    Left to the interpreter's exit, gloo's worker threads can abort a finished rank (SIGABRT), and
+    torchrun then reports the whole run as failed.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's rows of ``tensor``, concatenated in rank order; the gradient goes back to the owner's rows."""
     from torch.distributed.nn.functional import all_gather

@@ -53,6 +53,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 from . import datasets as icm_datasets
 from .cli import ConfigError, add_icm_args, check_icm_args, coerce_config_value, read_config
+from .distributed import release_process_group
 from .factory import create_mixed_loss, logit_adjusted
 from .files import FileProblem, read_bytes
 from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup, mixing_on
@@ -675,6 +676,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LaunchError as e:
         print(f'{PROG}: error: {e}', file=sys.stderr, flush=True)
         return 2
+    finally:
+        release_process_group()  # the script's own, when it stopped before its end
 
 
 if __name__ == '__main__':
