@@ -677,7 +677,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'{PROG}: error: {e}', file=sys.stderr, flush=True)
         return 2
     finally:
-        release_process_group()  # the script's own, when it stopped before its end
+        release_process_group()  # one the script left: it stopped early, or never destroys its own
 
 
 if __name__ == '__main__':
