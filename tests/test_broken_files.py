@@ -410,8 +410,8 @@ def test_broken_initial_checkpoint(fmnist, run_dir, tmp_path, capsys, case, word
 
 def test_num_classes_below_the_labels(fmnist, capsys):
     argv = TINY + ['--data-dir', fmnist, '--num-classes', '5']
-    train_error(capsys, argv, '--num-classes 5, but the training set of torch/fashion_mnist holds class labels up to 9: '
-                              'set --num-classes 10')
+    train_error(capsys, argv, '--num-classes 5, but the training set of torch/fashion_mnist holds class labels '
+                              'up to 9: set --num-classes 10')
 
 
 def test_labels_above_the_model_default(fmnist, tmp_path, capsys):

@@ -97,8 +97,8 @@ def run_config(checkpoint_path: str, checkpoint: Dict[str, Any]) -> Dict[str, An
         except files.FileProblem as e:
             raise AnalysisError(str(e)) from None
         if not isinstance(loaded, dict):
-            raise AnalysisError(f"the run's args.yaml {args_yaml}: holds a {type(loaded).__name__}, not the run's flags "
-                                f"(a mapping); {way_out}")
+            raise AnalysisError(f"the run's args.yaml {args_yaml}: holds a {type(loaded).__name__}, not the run's "
+                                f"flags (a mapping); {way_out}")
         config.update(loaded)
     return config
 

@@ -269,8 +269,8 @@ class _Source:
         with reading(self.path, what, 'a CIFAR pickle', _DATA_WAY_OUT, check=False, shown=self.shown(name)):
             obj = pickle.load(io.BytesIO(blob), encoding='latin1')  # Python 2 pickles; latin1 keeps numpy intact
         if not isinstance(obj, dict):
-            raise FileProblem(what, self.shown(name), f'holds a pickled {type(obj).__name__}, not a CIFAR file (a dict)',
-                              _DATA_WAY_OUT)
+            raise FileProblem(what, self.shown(name),
+                              f'holds a pickled {type(obj).__name__}, not a CIFAR file (a dict)', _DATA_WAY_OUT)
         return {k.decode('latin1') if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
     @staticmethod
