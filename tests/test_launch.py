@@ -122,7 +122,7 @@ def test_script_with_its_own_loss_stops_and_cannot_swallow_it(image_folder, tmp_
 def test_torchrun_two_processes_gathered_loss(image_folder, tmp_path):
     proc, s = launch_subprocess(image_folder, tmp_path / 's.json', '--mixup', '0.2', '--icm', '--icm-gather',
                                 '-b', '4', torchrun=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-3000:]
     assert s['world_size'] == 2 and 'gather_distributed=True' in s['loss_repr']
     assert np.isfinite(s['final_loss'])
     assert len(log_lines(proc, 'ICM launch: loss')) == 1  # rank 0 only
