@@ -27,7 +27,7 @@ from timm.data import create_loader, resolve_data_config
 from timm.models import create_model, load_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
+from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 
 import timm_icm  # noqa: F401  (registers the CIFAR-style models)
 from timm_icm import cli, datasets, files, subsets, transforms
@@ -37,6 +37,7 @@ from timm_icm.train_checks import (UsageError, check_input, check_labels, check_
 from timm_icm.distributed import release_process_group
 from timm_icm.factory import create_mixer, create_train_loss
 from timm_icm.metrics import ClassificationMeter
+from timm_icm.random_state import ResumableClassificationTask
 
 _logger = logging.getLogger('train_icm')
 
@@ -264,7 +265,8 @@ def train(args: argparse.Namespace, args_text: str) -> int:
         train_loss_fn = create_train_loss(args, class_counts)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    task = ClassificationTask(model, criterion=train_loss_fn, device=device, verbose=primary)
+    task = ResumableClassificationTask(model, criterion=train_loss_fn, device=device, verbose=primary)
+    task.restore_random_states = not args.distributed
     if primary and class_counts is not None:
         _logger.info(f'Training on {len(dataset_train)} images, class counts: {class_counts.tolist()}')
     try:
@@ -297,6 +299,8 @@ def train(args: argparse.Namespace, args_text: str) -> int:
             raise UsageError(f'--resume {args.resume}: cannot restore the training state '
                              f'({" ".join(str(e).split())[:200]}); resume with the settings of the run that wrote '
                              f'it, or add --no-resume-opt to keep its weights only') from None
+        if args.distributed and resume_epoch:  # the checkpoint holds the first process's streams only
+            utils.random_seed(args.seed + resume_epoch * args.world_size, args.rank)
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device='cpu' if args.model_ema_force_cpu else None)

@@ -1,30 +1,37 @@
 """The paper's CIFAR experiments on the real CIFAR-10/100, with the long-tail baseline (logit adjustment).
 
     python benchmarks/cifar.py [--blocks B1 B2] [--seeds 3] [--jobs 2] [--recipe cpu|paper] [--extras]
-    python benchmarks/cifar.py --report [--readme README.md]   # tables and plot from the CSV alone
+    python benchmarks/cifar.py --recipe long --blocks L1 L2 [--extras]      # converged, 200 epochs (hours a run)
+    python benchmarks/cifar.py --report [--readme docs/cifar.md]   # tables and plot from the CSV alone
 
-Blocks (each a paper table at the ``cpu`` recipe's scale):
+Blocks of the quick suite (each a paper table at the ``cpu`` recipe's scale, 10-25 epochs):
   B1  LT-CIFAR-10, imbalance 0.01 (Table 2 right): does ICM add anything beyond logit adjustment?
   B2  CIFAR-100, 10 % of every class (Table 1 right, Figure 3 right): the data-constrained claim.
   B3  LT-CIFAR-10 at 0.1 and LT-CIFAR-100 at 0.01 (Table 2 right).
+Blocks of the converged suite (the ``long`` recipe: the paper's 200-epoch schedule with ResNet-20):
+  L1  LT-CIFAR-10 0.01;  L2  CIFAR-100 10 %;  L3  LT-CIFAR-100 0.01 (after the others' extras).
+  After L1 and L2's core methods, IC-Mixup on LT-CIFAR-10 0.01 (seed 0) runs once more with half the
+  schedule (100 epochs): if the two differ by less than a point, 200 epochs are enough.
 
 Every run is a real ``train_icm.py`` run (base YAML of the recipe, a method of ``hparams/methods/``,
 the data setting as flags, ``--seed S --subset-seed S``), so the methods of one seed share the subset
 and the initialisation and IC-X minus X is paired. Each finished run appends one row to
 ``cifar.csv`` (block, method, seed, recipe, commit, device, top-1, top-5, ECE, seconds); a re-run skips
-the rows it has, so the suite is resumable: a run cut off is started again from its beginning.
+the rows it has, so the suite is resumable, and a run cut off resumes from its newest epoch checkpoint
+(``last.pth.tar``, written every epoch with the random streams: it ends as if it had never stopped). The
+run folders live outside the checkout (``--runs-dir``, default ``~/.cache/timm-icm/cifar``), so that a
+run outlives the checkout it was started from.
 The data (``data/`` of the checkout) is unpacked from ``../shared/data/cifar`` when it is missing.
 """
 import argparse
 import csv
 import multiprocessing as mp
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from stats import bar_panels, cpu_name, git_commit, mean_std, paired_diffs, paired_interval
 
@@ -95,7 +102,11 @@ BLOCKS = {
                 ('ERM', 'IC-Mixup (class)', 'IC-Mixup (pair)')),
     'B3': Block(('LT-CIFAR-10 0.1', 'LT-CIFAR-100 0.01'), ('ERM', 'Mixup', 'IC-Mixup', 'Remix', 'IC-Remix', 'LA'), (),
                 last=True),
+    'L1': Block(('LT-CIFAR-10 0.01',), ('ERM', 'Mixup', 'IC-Mixup', 'LA'), ('Remix', 'IC-Remix', 'IC-Mixup + LA')),
+    'L2': Block(('CIFAR-100 10 %',), ('ERM', 'Mixup', 'IC-Mixup'), ('IC-Mixup (class)', 'RegMixup', 'IC-RegMixup')),
+    'L3': Block(('LT-CIFAR-100 0.01',), ('ERM', 'Mixup', 'IC-Mixup', 'LA'), (), last=True),
 }
+RECIPES = ('cpu', 'long', 'paper')
 PAIRS = [('IC-Mixup', 'Mixup'), ('IC-Remix', 'Remix'), ('IC-RegMixup', 'RegMixup'), ('Mixup', 'ERM'),
          ('IC-Mixup', 'ERM'), ('LA', 'ERM'), ('IC-Mixup', 'LA'), ('IC-Mixup + LA', 'IC-Mixup'), ('IC-Mixup + LA', 'LA'),
          ('Mixup + LA', 'Mixup'), ('IC-Mixup', 'Mixup + LA'), ('ICM contrast, no mixing', 'ERM'),
@@ -105,6 +116,8 @@ PAIRS = [('IC-Mixup', 'Mixup'), ('IC-Remix', 'Remix'), ('IC-RegMixup', 'RegMixup
          ('IC-Mixup', 'IC-Mixup (class)')]
 # A run of this (block, method, seed) evaluates every epoch: the learning curve the README shows.
 CURVE_RUN = ('B1', 'IC-Mixup', 0)
+LONG_EPOCHS = 200  # hparams/long/schedule.yaml (and the paper's)
+RUNS_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'timm-icm', 'cifar')
 
 
 class Run(NamedTuple):
@@ -112,40 +125,60 @@ class Run(NamedTuple):
     setting: str
     method: str
     seed: int
+    epochs: Optional[int] = None  # the recipe's schedule; else this many epochs, milestones scaled with them
 
 
-def plan(blocks: Sequence[str], seeds: int, extras: bool) -> List[Run]:
+# The long recipe's check that 200 epochs are enough: the same run with half of them (E against 2E).
+SCHEDULE_CHECK = Run('L1', 'LT-CIFAR-10 0.01', 'IC-Mixup', 0, LONG_EPOCHS // 2)
+
+
+def plan(blocks: Sequence[str], seeds: int, extras: bool, recipe: str = 'cpu') -> List[Run]:
     """Core methods first (seed-major, so each seed's pairs complete together), then the extras, then the
-    blocks marked ``last``."""
+    blocks marked ``last``. The long recipe's schedule check follows the core methods."""
     stages = [(b, 'core') for b in blocks if not BLOCKS[b].last]
     stages += [(b, 'extras') for b in blocks if extras and not BLOCKS[b].last]
     stages += [(b, part) for b in blocks if BLOCKS[b].last for part in ('core', 'extras')[:1 + extras]]
+    check = recipe == 'long' and SCHEDULE_CHECK.block in blocks
     runs = []
     for block, part in stages:
+        if check and part == 'extras' and SCHEDULE_CHECK not in runs:
+            runs.append(SCHEDULE_CHECK)
         for seed in range(seeds):
             for setting in BLOCKS[block].settings:
                 runs += [Run(block, setting, m, seed) for m in getattr(BLOCKS[block], part)]
+    if check and SCHEDULE_CHECK not in runs:
+        runs.append(SCHEDULE_CHECK)
     return runs
 
 
 def train_argv(run: Run, recipe: str, data_dir: str, out: str) -> List[str]:
     setting = SETTINGS[run.setting]
-    if recipe == 'cpu':
-        base = os.path.join(HPARAMS, 'cpu', f'{setting.dataset}_resnet20.yaml')
-        schedule = ['--epochs', str(setting.cpu_epochs)]
-    else:
-        base = os.path.join(HPARAMS, 'paper', f'{setting.dataset}_resnet34.yaml')
+    if recipe == 'paper':
+        bases = [os.path.join(HPARAMS, 'paper', f'{setting.dataset}_resnet34.yaml')]
         schedule = []
+    else:
+        bases = [os.path.join(HPARAMS, 'cpu', f'{setting.dataset}_resnet20.yaml')]
+        schedule = ['--epochs', str(setting.cpu_epochs)] if recipe == 'cpu' else []
+        if recipe == 'long':
+            bases.append(os.path.join(HPARAMS, 'long', 'schedule.yaml'))
+    if run.epochs:  # the multistep milestones at the same fractions of the shorter schedule
+        schedule = ['--epochs', str(run.epochs), '--decay-milestones',
+                    *(str(run.epochs * k // 4 + 1) for k in (1, 2, 3))]
     method_file, method_flags = METHODS[run.method]
     if (run.block, run.method, run.seed) == CURVE_RUN:
         schedule += ['--val-interval', '1']
-    return ['-c', base, '-c', os.path.join(HPARAMS, 'methods', method_file), *setting.flags, *method_flags,
-            *schedule, '--data-dir', data_dir, '--seed', str(run.seed), '--subset-seed', str(run.seed),
-            '--output', out, '--experiment', run_name(run, recipe)]
+    configs = [arg for path in bases + [os.path.join(HPARAMS, 'methods', method_file)] for arg in ('-c', path)]
+    return [*configs, *setting.flags, *method_flags, *schedule, '--data-dir', data_dir, '--seed', str(run.seed),
+            '--subset-seed', str(run.seed), '--output', out, '--experiment', run_name(run, recipe)]
+
+
+def run_epochs(run: Run, recipe: str) -> int:
+    """How many epochs the run trains."""
+    return run.epochs or (SETTINGS[run.setting].cpu_epochs if recipe == 'cpu' else LONG_EPOCHS)
 
 
 def run_name(run: Run, recipe: str) -> str:
-    name = f'{recipe}-{run.setting}-{run.method}-{run.seed}'
+    name = f'{recipe}-{run.setting}-{run.method}-{run.seed}' + (f'-e{run.epochs}' if run.epochs else '')
     return ''.join(c if c.isalnum() or c in '.-' else '_' for c in name)
 
 
@@ -156,23 +189,37 @@ def run_one(job: Tuple[Run, str, str, str, str, str]) -> Dict:
     torch.set_num_threads(1)
     sys.path.insert(0, ROOT)
     import contextlib
-    import io
 
     import train_icm
     argv = train_argv(run, recipe, data_dir, out)
-    shutil.rmtree(os.path.join(out, run_name(run, recipe)), ignore_errors=True)  # a run cut off earlier
+    folder = os.path.join(out, run_name(run, recipe))
+    checkpoint = os.path.join(folder, 'last.pth.tar')
+    epochs_before = 0
+    if os.path.exists(checkpoint):  # a run cut off earlier goes on from its newest epoch
+        argv += ['--resume', checkpoint]
+        epochs_before = len(summary_rows(folder))
     start = time.time()
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        code = train_icm.main(argv + ([] if recipe == 'cpu' else ['--device', 'cuda']))
+    os.makedirs(out, exist_ok=True)
+    with open(f'{folder}.log', 'a') as log, contextlib.redirect_stdout(log):  # the log outlives a cut-off run
+        code = train_icm.main(argv + (['--device', 'cuda'] if recipe == 'paper' else []))
     if code != 0:
-        raise RuntimeError(f'train_icm.py {" ".join(argv)} exited {code}:\n{log.getvalue()[-2000:]}')
-    with open(os.path.join(out, run_name(run, recipe), 'summary.csv'), newline='') as f:
-        summary = list(csv.DictReader(f))
-    last = summary[-1]
+        with open(f'{folder}.log') as log:
+            raise RuntimeError(f'train_icm.py {" ".join(argv)} exited {code}:\n{log.read()[-2000:]}')
+    last = summary_rows(folder)[-1]
+    epochs = int(last['epoch']) + 1
+    seconds = (time.time() - start) * epochs / max(epochs - epochs_before, 1)  # a resumed run: at this part's pace
     return dict(block=run.block, setting=run.setting, method=run.method, seed=run.seed, recipe=recipe,
-                epochs=int(last['epoch']) + 1, commit=commit, device=device, top1=float(last['eval_top1']),
-                top5=float(last['eval_top5']), ece=float(last['eval_ece']), seconds=round(time.time() - start, 1))
+                epochs=epochs, commit=commit, device=device, top1=float(last['eval_top1']),
+                top5=float(last['eval_top5']), ece=float(last['eval_ece']), seconds=round(seconds, 1))
+
+
+def summary_rows(folder: str) -> List[Dict]:
+    """A run folder's summary.csv, one dict per finished epoch (none before the first)."""
+    path = os.path.join(folder, 'summary.csv')
+    if not os.path.exists(path):
+        return []
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
 
 
 def _read_csv(path: str, types: Dict[str, type]) -> List[Dict]:
@@ -188,7 +235,8 @@ def _read_csv(path: str, types: Dict[str, type]) -> List[Dict]:
 
 def read_rows(path: str) -> List[Dict]:
     """cifar.csv: one row per finished run."""
-    return _read_csv(path, {'seed': int, 'top1': float, 'top5': float, 'ece': float, 'seconds': float})
+    return _read_csv(path, {'seed': int, 'epochs': int, 'top1': float, 'top5': float, 'ece': float,
+                            'seconds': float})
 
 
 def read_class_rows(path: str) -> List[Dict]:
@@ -393,7 +441,8 @@ README_START, README_END = '<!-- cifar.md -->', '<!-- /cifar.md -->'
 
 
 def splice_readme(path: str, report_md: str) -> None:
-    """Put the report (less its first line, headings one level down) between the README's two markers."""
+    """Put the report (less its first line, headings one level down) between the two markers of a Markdown page
+    (docs/cifar.md: ``make cifar``)."""
     with open(path) as f:
         text = f.read()
     start, end = text.find(README_START), text.find(README_END)
@@ -409,24 +458,26 @@ def main(argv=None) -> int:
     parser.add_argument('--blocks', nargs='+', default=['B1', 'B2'], choices=list(BLOCKS))
     parser.add_argument('--seeds', type=int, default=3)
     parser.add_argument('--extras', action='store_true', help="each block's further methods, after every core run")
-    parser.add_argument('--recipe', default='cpu', choices=['cpu', 'paper'],
-                        help='cpu: ResNet-20, short cosine schedules (hparams/cpu); paper: ResNet-34, 200 epochs, '
-                             'multistep (hparams/paper), on a GPU')
+    parser.add_argument('--recipe', default='cpu', choices=RECIPES,
+                        help='cpu: ResNet-20, short cosine schedules (hparams/cpu); long: ResNet-20 with the '
+                             "paper's 200-epoch schedule (hparams/long); paper: ResNet-34, 200 epochs (hparams/paper), "
+                             'on a GPU')
     parser.add_argument('--jobs', type=int, default=2, help='parallel runs, one thread each')
     parser.add_argument('--data-dir', default=os.path.join(ROOT, 'data'))
-    parser.add_argument('--runs-dir', default=os.path.join(ROOT, 'output', 'cifar'),
-                        help='where each run writes its folder (summary.csv, checkpoints)')
+    parser.add_argument('--runs-dir', default=RUNS_DIR,
+                        help='where each run writes its folder (summary.csv, checkpoints); outside the checkout, '
+                             'so that a run cut off resumes in a later checkout (default: %(default)s)')
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results'))
     parser.add_argument('--device-name', default=None, help='recorded in each row (default: this CPU)')
     parser.add_argument('--report', action='store_true', help='only write the tables and plots from the CSV')
     parser.add_argument('--readme', default=None,
-                        help=f'with --report: also put the tables into this file, between {README_START} and '
-                             f'{README_END}')
+                        help=f'with --report: also put the tables into this Markdown page (make cifar: docs/cifar.md), '
+                             f'between {README_START} and {README_END}')
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, 'cifar.csv')
     if args.report:
-        write_report(args.out, 'cifar', read_rows(csv_path), ['cpu', 'paper'], args.runs_dir)
+        write_report(args.out, 'cifar', read_rows(csv_path), RECIPES, args.runs_dir)
         with open(os.path.join(args.out, 'cifar.md')) as f:
             report_md = f.read()
         if args.readme:
@@ -434,9 +485,9 @@ def main(argv=None) -> int:
         print(report_md)
         return 0
 
-    done = {(r['recipe'], r['setting'], r['method'], r['seed']) for r in read_rows(csv_path)}
-    todo = [r for r in plan(args.blocks, args.seeds, args.extras)
-            if (args.recipe, r.setting, r.method, r.seed) not in done]
+    done = {(r['recipe'], r['setting'], r['method'], r['seed'], r['epochs']) for r in read_rows(csv_path)}
+    todo = [r for r in plan(args.blocks, args.seeds, args.extras, args.recipe)
+            if (args.recipe, r.setting, r.method, r.seed, run_epochs(r, args.recipe)) not in done]
     ensure_data(args.data_dir, sorted({SETTINGS[r.setting].dataset for r in todo}))
     commit, device = git_commit(ROOT), args.device_name or cpu_name()
     print(f'{len(todo)} runs to do ({len(done)} already in {csv_path}); commit {commit}, {device}', flush=True)
@@ -449,7 +500,7 @@ def main(argv=None) -> int:
                 eta = (time.time() - start) / i * (len(jobs) - i) / 60
                 print(f'[{i}/{len(jobs)}] {row["setting"]:>17} {row["method"]:<24} seed {row["seed"]}: top-1 '
                       f'{row["top1"]:.2f} ({row["seconds"]:.0f} s; ~{eta:.0f} min left)', flush=True)
-    write_report(args.out, 'cifar', read_rows(csv_path), ['cpu', 'paper'], args.runs_dir)
+    write_report(args.out, 'cifar', read_rows(csv_path), RECIPES, args.runs_dir)
     print(open(os.path.join(args.out, 'cifar.md')).read())
     return 0
 

@@ -29,6 +29,7 @@ METHODS = sorted((HPARAMS / 'methods').glob('*.yaml'))
 CPU_BASE = HPARAMS / 'cpu' / 'fmnist_resnet20.yaml'
 CPU_CIFAR_BASES = sorted((HPARAMS / 'cpu').glob('cifar*_resnet20.yaml'))  # real data: tests/test_cifar_real.py
 CPU_SETTINGS = sorted(p for p in (HPARAMS / 'cpu').glob('*.yaml') if p != CPU_BASE and p not in CPU_CIFAR_BASES)
+LONG_SCHEDULE = HPARAMS / 'long' / 'schedule.yaml'
 
 METHOD_NAMES = {'erm', 'mixup', 'icmixup', 'icmixup_class', 'icmixup_pair',
                 'regmixup', 'icregmixup', 'remix', 'icremix', 'la', 'mixup_la', 'icmixup_la'}
@@ -68,7 +69,7 @@ def run_main(argv):
 def test_every_yaml_is_covered():
     """No YAML escapes the build tests below (a new folder needs a test)."""
     every = set(HPARAMS.rglob('*.yaml')) | set(HPARAMS.rglob('*.yml'))
-    covered = set(PAPER) | set(METHODS) | {CPU_BASE} | set(CPU_SETTINGS) | set(CPU_CIFAR_BASES)
+    covered = set(PAPER) | set(METHODS) | {CPU_BASE} | set(CPU_SETTINGS) | set(CPU_CIFAR_BASES) | {LONG_SCHEDULE}
     assert every == covered
     assert {p.stem for p in CPU_CIFAR_BASES} == {'cifar10_resnet20', 'cifar100_resnet20'}
     assert {p.stem for p in METHODS} == METHOD_NAMES
@@ -165,6 +166,18 @@ def test_paper_schedule_and_weight_decay():
         lrs[epoch] = optimizer.param_groups[0]['lr']
     expected = {0: .1, 49: .1, 50: .02, 99: .02, 100: .004, 149: .004, 150: .0008, 199: .0008}
     assert lrs == pytest.approx(expected)
+
+
+@pytest.mark.parametrize('dataset', ['cifar10', 'cifar100'])
+def test_long_recipe_is_the_paper_recipe_with_resnet20(dataset):
+    """hparams/long/schedule.yaml on a CPU CIFAR base: every setting of the paper's base but the model (and the
+    evaluation interval and torch.compile, which leave the training the same)."""
+    long = vars(parse(HPARAMS / 'cpu' / f'{dataset}_resnet20.yaml', LONG_SCHEDULE, HPARAMS / 'methods' / 'icmixup.yaml'))
+    paper = vars(parse(HPARAMS / 'paper' / f'{dataset}_resnet34.yaml', HPARAMS / 'methods' / 'icmixup.yaml'))
+    differ = {k for k in paper if long[k] != paper[k]}
+    assert differ == {'model', 'val_interval', 'torchcompile', 'data_dir', 'workers', 'pin_mem',
+                      'validation_batch_size', 'log_interval', 'config'}
+    assert (long['model'], long['val_interval'], long['torchcompile']) == ('resnet20_cifar', 10, 'inductor')
 
 
 def test_deic_wrn_protocol():

@@ -66,7 +66,9 @@ def test_ic_remix_on_a_long_tail(tmp_path, fashion_mnist_dir):
 
 
 def test_resume_after_sigkill(tmp_path, fashion_mnist_dir):
-    """Kill -9 mid-training, resume: every finished epoch once in summary.csv, no broken checkpoint."""
+    """Kill -9 mid-training, resume: every finished epoch once in summary.csv, no broken checkpoint, and the
+    weights of a run that was never cut off (the checkpoint holds the random streams of the sampler, the
+    augmentation and the mixer)."""
     out = tmp_path / 'kill'
     cmd = [sys.executable, os.path.join(ROOT, 'train_icm.py'), *FMNIST, '--data-dir', fashion_mnist_dir,
            '--output', str(tmp_path), '--experiment', 'kill', '--train-samples-per-class', '30',
@@ -88,6 +90,14 @@ def test_resume_after_sigkill(tmp_path, fashion_mnist_dir):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [int(r['epoch']) for r in summary_rows(out)] == list(range(6))
     assert f'Loaded checkpoint \'{out / "last.pth.tar"}\' (epoch {finished})' in resumed.stderr + resumed.stdout
+    uninterrupted = subprocess.run([a if a != 'kill' else 'through' for a in cmd], cwd=ROOT, capture_output=True,
+                                   text=True, timeout=300)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    weights = [torch.load(tmp_path / name / 'last.pth.tar', map_location='cpu', weights_only=True)['state_dict']
+               for name in ('kill', 'through')]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path, fashion_mnist_dir):

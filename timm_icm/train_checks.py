@@ -6,7 +6,6 @@ optimizer, ICM options, weights that fit).
 """
 import argparse
 import os
-import random
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch.nn as nn
 from timm.models import clean_state_dict
 
 from . import cli, datasets, files
+from .random_state import random_states, set_random_states
 
 
 class UsageError(Exception):
@@ -145,15 +145,13 @@ def check_input(args: argparse.Namespace, model: nn.Module, dataset, data_config
     """
     if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, '__getitem__'):
         return
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    states = random_states()
     try:
         sample = dataset[0][0]
     except Exception as e:
         raise UsageError(f'the first training image cannot be loaded: {" ".join(str(e).split())[:300]}') from None
     finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
+        set_random_states(states)
     x = sample if isinstance(sample, torch.Tensor) else torch.as_tensor(np.asarray(sample))
     x = x.unsqueeze(0) if x.ndim == 2 else x
     channels = input_channels(args)
