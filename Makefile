@@ -41,7 +41,7 @@ CIFAR_BLOCKS ?= B1 B2 B3
 cifar: data
 	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar.py --blocks $(CIFAR_BLOCKS) --extras --seeds 3 --jobs 2
 	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar_classes.py
-	$(PY) benchmarks/cifar.py --report --readme README.md > /dev/null
+	$(PY) benchmarks/cifar.py --report --readme docs/cifar.md > /dev/null
 
 clean:
 	rm -rf $(VENV) output *.egg-info
