@@ -23,7 +23,7 @@ import torch
 
 import train_icm
 from timm_icm import analyze, files, launch, report
-from test_datasets import cifar10_files, write_fmnist, write_folder, write_idx, write_zip
+from test_datasets import CIFAR10_NAMES, cifar10_files, creates_file, write_fmnist, write_folder, write_idx, write_zip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDIN = os.path.join(ROOT, 'tests', 'upstream_standin', 'train.py')
@@ -266,6 +266,48 @@ def test_broken_cifair_zip(tmp_path, cifar10, capsys, case, words):
     train_error(capsys, argv, *words)
 
 
+# ----------------------------------------------------------------------------- pickles that would run code
+
+REFUSED_DATA = 'refused to unpickle io.open (a CIFAR file holds only numpy arrays, lists and dicts)'
+
+
+def _cifar10_with_a_file_creating_pickle(tmp_path, cifar10, where):
+    """CIFAR-10's files with one of them (``where``) pickled so that ``pickle.load`` creates ``tmp_path/created``;
+    the flags that read them and the file as the error names it."""
+    import pickle
+    evil = creates_file(tmp_path / 'created')
+    files_ = dict(cifar10)
+    if where == 'meta':
+        name = 'batches.meta'
+        files_[name] = pickle.dumps({'label_names': CIFAR10_NAMES, 'num_vis': evil}, protocol=2)
+    else:
+        name = 'test_batch' if where == 'zip member' else 'data_batch_3'
+        files_[name] = pickle.dumps({'labels': [0, 1, 2, 3], 'data': np.zeros((4, 3072), np.uint8),
+                                     'batch_label': evil}, protocol=2)
+    if where in ('batch', 'meta'):
+        write_folder(str(tmp_path / 'cifar-10-batches-py'), files_)
+        return ['--dataset', 'torch/cifar10'], f'cifar10 file {tmp_path / "cifar-10-batches-py" / name}'
+    write_zip(str(tmp_path / 'ciFAIR-10.zip'), 'ciFAIR-10', files_)
+    dataset = 'cifair10' if where == 'zip member' else 'deic_cifair10'
+    return ['--dataset', dataset], f'{dataset} file {tmp_path / "ciFAIR-10.zip"}:ciFAIR-10/{name}'
+
+
+@pytest.mark.parametrize('where', ['batch', 'meta', 'zip member', 'DEIC zip member'])
+def test_cifar_pickle_that_would_create_a_file(tmp_path, cifar10, capsys, where):
+    flags, shown = _cifar10_with_a_file_creating_pickle(tmp_path, cifar10, where)
+    line = train_error(capsys, CIFAR + ['--data-dir', str(tmp_path), *flags], f'{shown}: {REFUSED_DATA}')
+    assert line.endswith('replace it with a complete copy (download or unpack the data set again)')
+    assert not (tmp_path / 'created').exists()
+
+
+def test_cifar_pickle_that_would_create_a_file_through_the_launcher(tmp_path, cifar10, capsys, root_log_handlers):
+    flags, shown = _cifar10_with_a_file_creating_pickle(tmp_path, cifar10, 'batch')
+    argv = [STANDIN, *flags, '--data-dir', str(tmp_path), '--mixup', '0.2', '--icm', '--summary', str(tmp_path / 's')]
+    one_line_error(capsys, lambda: launch.main(argv), f'{shown}: {REFUSED_DATA}',
+                   prefix='python -m timm_icm.launch: error: ')
+    assert not (tmp_path / 'created').exists()
+
+
 def test_broken_deic_archive_and_too_few_images(tmp_path, cifar10, capsys):
     path = tmp_path / 'ciFAIR-10.zip'
     write_zip(str(path), 'ciFAIR-10', cifar10)
@@ -375,7 +417,7 @@ def test_resume_with_the_run_args_yaml_works(fmnist, run_copy):
 
 
 def test_resume_weights_of_another_model_without_args(fmnist, run_copy, capsys):
-    checkpoint = torch.load(run_copy / 'last.pth.tar', weights_only=False)
+    checkpoint = files.load_checkpoint(str(run_copy / 'last.pth.tar'))
     del checkpoint['args']
     checkpoint['state_dict'] = {k: v for k, v in checkpoint['state_dict'].items() if not k.startswith('fc.')}
     checkpoint['state_dict']['head.weight'] = torch.zeros(3)
@@ -404,6 +446,36 @@ def test_broken_initial_checkpoint(fmnist, run_dir, tmp_path, capsys, case, word
         path = run_dir / 'last.pth.tar'
     argv = TINY + ['--data-dir', fmnist, '--initial-checkpoint', str(path), '--dry-run', '--num-classes', '5']
     train_error(capsys, argv, f'--initial-checkpoint {path}: ', *words)
+
+
+# ----------------------------------------------------------------------------- checkpoints that would run code
+
+REFUSED_CHECKPOINT = 'refused to unpickle io.open (a checkpoint holds only tensors, numbers, strings and containers)'
+
+
+def file_creating_checkpoint(run, path, marker):
+    """The run's last checkpoint with one more entry, pickled so that ``torch.load(weights_only=False)`` creates
+    ``marker``."""
+    checkpoint = files.load_checkpoint(str(run / 'last.pth.tar'))
+    checkpoint['note'] = creates_file(marker)
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_resume_checkpoint_that_would_create_a_file(fmnist, run_copy, tmp_path, capsys):
+    evil = file_creating_checkpoint(run_copy, run_copy / 'checkpoint-5.pth.tar', tmp_path / 'created')
+    train_error(capsys, resume_argv(fmnist, run_copy, evil), f'--resume {evil}: {REFUSED_CHECKPOINT}',
+                f'resume from {run_copy / "checkpoint-1.pth.tar"} (epoch 1)')
+    assert not (tmp_path / 'created').exists()
+
+
+def test_initial_checkpoint_that_would_create_a_file(fmnist, run_dir, tmp_path, capsys):
+    evil = file_creating_checkpoint(run_dir, tmp_path / 'init.pth.tar', tmp_path / 'created')
+    argv = TINY + ['--data-dir', fmnist, '--initial-checkpoint', str(evil), '--dry-run']
+    train_error(capsys, argv, f'--initial-checkpoint {evil}: {REFUSED_CHECKPOINT}')
+    assert not (tmp_path / 'created').exists()
+    torch.load(evil, weights_only=False)  # the same file read unsafely: it does run code
+    assert (tmp_path / 'created').exists()
 
 
 # ----------------------------------------------------------------------------- settings against the data
@@ -514,6 +586,34 @@ def test_broken_data_through_the_launcher(fmnist, tmp_path, capsys, root_log_han
                    prefix='python -m timm_icm.launch: error: ')
 
 
+# A timm-style script that reads checkpoints as timm's train.py does, through timm's own loaders.
+CHECKPOINT_SCRIPT = '''
+import argparse
+from timm.models import create_model, load_checkpoint, resume_checkpoint
+parser = argparse.ArgumentParser()
+parser.add_argument('--initial-checkpoint', default='')
+parser.add_argument('--resume', default='')
+args = parser.parse_args()
+model = create_model('resnet20_cifar', num_classes=10, in_chans=1)
+if args.initial_checkpoint:
+    load_checkpoint(model, args.initial_checkpoint)
+if args.resume:
+    resume_checkpoint(model, args.resume)
+'''
+
+
+@pytest.mark.parametrize('flag', ['--initial-checkpoint', '--resume'])
+def test_checkpoint_that_would_create_a_file_through_the_launcher(run_dir, tmp_path, flag):
+    """The launcher leaves checkpoints to the script; timm's loaders read them with ``weights_only=True``: nothing
+    of the file runs and timm's error names the refused global (timm's own error, not the launcher's one line)."""
+    script = tmp_path / 'train.py'
+    script.write_text(CHECKPOINT_SCRIPT)
+    evil = file_creating_checkpoint(run_dir, tmp_path / 'evil.pth.tar', tmp_path / 'created')
+    with pytest.raises(RuntimeError, match='io.open'):
+        launch.main([str(script), flag, str(evil)])
+    assert not (tmp_path / 'created').exists()
+
+
 # ----------------------------------------------------------------------------- analyze
 
 ANALYZE = 'python -m timm_icm.analyze: error: '
@@ -535,6 +635,14 @@ def test_analyze_broken_checkpoint(fmnist, run_copy, tmp_path, capsys, case, wor
                    f'--checkpoint {broken}: ', *words,
                    f'analyse {run_copy / "checkpoint-1.pth.tar"} (epoch 1), the newest checkpoint in {run_copy} that '
                    f'loads', prefix=ANALYZE)
+
+
+def test_analyze_checkpoint_that_would_create_a_file(fmnist, run_copy, tmp_path, capsys):
+    evil = file_creating_checkpoint(run_copy, run_copy / 'checkpoint-7.pth.tar', tmp_path / 'created')
+    one_line_error(capsys, lambda: analyze.main(analyze_argv(fmnist, tmp_path, evil)),
+                   f'--checkpoint {evil}: {REFUSED_CHECKPOINT}',
+                   f'analyse {run_copy / "checkpoint-1.pth.tar"} (epoch 1)', prefix=ANALYZE)
+    assert not (tmp_path / 'created').exists()
 
 
 @pytest.mark.parametrize('content, words', [

@@ -96,6 +96,21 @@ def cifar100_files(rng, n_train=6, n_test=4):
     return files, split
 
 
+class RunsOnLoad:
+    """Pickled as a call of ``func(*args)``: ``pickle.load`` makes that call, as it would any call a file names."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def creates_file(path):
+    """An object whose unpickling creates the file ``path`` (``open(path, 'w')``): proof that a pickle ran code."""
+    return RunsOnLoad(open, str(path), 'w')
+
+
 def write_folder(folder, files):
     os.makedirs(folder, exist_ok=True)
     for name, blob in files.items():

@@ -6,7 +6,10 @@ Every reader here fails with :class:`FileProblem`, a ``ValueError`` whose messag
 - the path does not exist, is a directory, is not a regular file, is empty (0 bytes), or cannot be
   opened (permission denied, an I/O error): :func:`check_file`;
 - the bytes are not what they should be (truncated, corrupt, another kind of file): :func:`reading`
-  turns whatever the parser raised into "is truncated or not <kind> (<reason>)".
+  turns whatever the parser raised into "is truncated or not <kind> (<reason>)";
+- a pickle names a function or class outside its reader's allow-list (it could run code): "refused to
+  unpickle <module.name> (<what such a file holds>)", and nothing of it is called (:func:`load_pickle`,
+  :func:`load_checkpoint`).
 
 The entry points (``train_icm.py``, ``python -m timm_icm.launch``, ``python -m timm_icm.analyze``,
 ``python -m timm_icm.report``) print the message after their name and exit with code 2.
@@ -19,6 +22,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import re
 import stat
 import tempfile
@@ -26,8 +30,8 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['FileProblem', 'check_file', 'reading', 'read_bytes', 'read_text', 'load_yaml', 'load_json',
-           'load_checkpoint', 'newest_checkpoint', 'state_dict_mismatch', 'read_csv', 'write_atomic',
-           'remove_stale_temporaries']
+           'load_pickle', 'load_checkpoint', 'newest_checkpoint', 'state_dict_mismatch', 'read_csv',
+           'write_atomic', 'remove_stale_temporaries']
 
 
 class FileProblem(ValueError):
@@ -133,7 +137,39 @@ def load_json(path: str, what: str, way_out: Optional[str] = None) -> Any:
         raise FileProblem(what, path, f'is truncated or not JSON ({_one_line(e, 120)})', way_out) from None
 
 
+def load_pickle(data: bytes, what: str, path: str, kind: str, holds: str, way_out: Optional[str] = None) -> Any:
+    """The object pickled in ``data`` (the bytes of file ``path``), built by :func:`timm_icm.safe_pickle.loads`:
+    a pickle that names anything outside its allow-list is refused before any of it is called.
+
+    ``kind`` names the format for bytes that do not parse ("is truncated or not <kind>"); ``holds`` says
+    why a refused name does not belong there ("refused to unpickle os.system (<holds>)").
+    """
+    from . import safe_pickle
+
+    with reading(path, what, kind, way_out, check=False):
+        try:
+            return safe_pickle.loads(data)
+        except safe_pickle.RefusedGlobal as e:
+            raise FileProblem(what, path, f'refused to unpickle {e.name} ({holds})', way_out) from None
+
+
 # ----------------------------------------------------------------------------- checkpoints
+
+# What timm's savers write beyond torch's own allow-list: the run's flags.
+_CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+
+def _refused_in_checkpoint(path: str) -> Optional[str]:
+    """The globals of checkpoint ``path`` that ``weights_only`` refuses, as one phrase; ``None`` if torch
+    cannot list them (a legacy file). Torch lists them from the pickle's opcodes without calling any."""
+    import torch
+    try:
+        with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return None
+    return ', '.join(names) or None
+
 
 def load_checkpoint(path: str, what: str = 'checkpoint', way_out: Optional[str] = None) -> Dict[str, Any]:
     """A torch checkpoint as timm's savers write it (a dict), read safely (``weights_only``).
@@ -143,16 +179,23 @@ def load_checkpoint(path: str, what: str = 'checkpoint', way_out: Optional[str] 
     import torch
 
     def load(mmap: bool):
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
             return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
 
     with reading(path, what, 'a torch checkpoint', way_out):
         try:
-            checkpoint = load(mmap=True)
-        except RuntimeError as e:
-            if 'mmap can only be used' not in str(e):  # the legacy (non-zip) format: read it whole
+            try:
+                checkpoint = load(mmap=True)
+            except RuntimeError as e:
+                if 'mmap can only be used' not in str(e):  # the legacy (non-zip) format: read it whole
+                    raise
+                checkpoint = load(mmap=False)
+        except pickle.UnpicklingError:
+            refused = _refused_in_checkpoint(path)
+            if refused is None:
                 raise
-            checkpoint = load(mmap=False)
+            raise FileProblem(what, path, f'refused to unpickle {refused} (a checkpoint holds only tensors, '
+                                          f'numbers, strings and containers)', way_out) from None
     if not isinstance(checkpoint, dict):
         raise FileProblem(what, path, f'holds a {type(checkpoint).__name__}, not a checkpoint (a dict with a '
                                       f'state_dict)', way_out)
