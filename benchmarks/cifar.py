@@ -44,6 +44,9 @@ FIELDS = ['block', 'setting', 'method', 'seed', 'recipe', 'epochs', 'commit', 'd
 # 'confidence': the sum, over the class's test images, of the model's top softmax probability.
 CLASS_FIELDS = ['setting', 'method', 'seed', 'recipe', 'class', 'train_images', 'test_images', 'correct',
                 'predicted', 'confidence']
+# cifar-calibration.csv (benchmarks/cifar_classes.py): one row per run; ECE (%) before and after temperature
+# scaling (fitted on one half of the test set, measured on the other, halves swapped) and the temperature.
+CALIBRATION_FIELDS = ['setting', 'method', 'seed', 'recipe', 'ece', 'ece_scaled', 'temperature']
 
 
 class Setting(NamedTuple):
@@ -177,6 +180,11 @@ def run_epochs(run: Run, recipe: str) -> int:
     return run.epochs or (SETTINGS[run.setting].cpu_epochs if recipe == 'cpu' else LONG_EPOCHS)
 
 
+def is_schedule_check(row: Dict) -> bool:
+    """A row of the long recipe's half-schedule run (E against 2E), not one of its blocks' cells."""
+    return row['recipe'] == 'long' and row['epochs'] != LONG_EPOCHS
+
+
 def run_name(run: Run, recipe: str) -> str:
     name = f'{recipe}-{run.setting}-{run.method}-{run.seed}' + (f'-e{run.epochs}' if run.epochs else '')
     return ''.join(c if c.isalnum() or c in '.-' else '_' for c in name)
@@ -245,6 +253,11 @@ def read_class_rows(path: str) -> List[Dict]:
                                                 'predicted')}, 'confidence': float})
 
 
+def read_calibration_rows(path: str) -> List[Dict]:
+    """cifar-calibration.csv: one row per run."""
+    return _read_csv(path, {'seed': int, 'ece': float, 'ece_scaled': float, 'temperature': float})
+
+
 def is_long_tail(setting: str) -> bool:
     return '--imbalance-ratio' in SETTINGS[setting].flags
 
@@ -281,28 +294,34 @@ def ensure_data(data_dir: str, datasets: Sequence[str]) -> None:
         subprocess.run([sys.executable, unpack, data_dir, '--only', d], check=True)
 
 
-def report(rows: List[Dict], recipe: str, class_rows: Sequence[Dict] = ()) -> str:
-    rows = [r for r in rows if r['recipe'] == recipe]
+def report(rows: List[Dict], recipe: str, class_rows: Sequence[Dict] = (), calibration_rows: Sequence[Dict] = ()) -> str:
+    """One recipe's tables: per block and setting, each method's mean ± std over seeds beside the paper's top-1,
+    the paired differences, and what the per-class and calibration rows tell (where there are any)."""
+    rows = [r for r in rows if r['recipe'] == recipe and not is_schedule_check(r)]
     commits = sorted({r['commit'] for r in rows})
     lines = [f'Recipe `{recipe}`; {len(rows)} runs from commit(s) {", ".join(commits) or "-"}; '
              f'devices: {"; ".join(sorted({r["device"] for r in rows})) or "-"}.']
     for block, spec in BLOCKS.items():
         for setting in spec.settings:
-            cell = [r for r in rows if r['setting'] == setting]
+            cell = [r for r in rows if r['setting'] == setting and r['block'] == block]
             if not cell:
                 continue
             methods = [m for m in METHODS if any(r['method'] == m for r in cell)]
             epochs = sorted({r['epochs'] for r in cell})
             minutes = statistics.median(r['seconds'] for r in cell) / 60
+            scaled = {(r['method'], r['seed']): r['ece_scaled'] for r in calibration_rows
+                      if r['recipe'] == recipe and r['setting'] == setting}
             lines += ['', f'### {block}: {setting} ({"/".join(map(str, epochs))} epochs, '
                           f'median {minutes:.1f} min per run)', '',
-                      '| method | seeds | top-1 % | top-5 % | ECE % | paper top-1 |', '|---|---|---|---|---|---|']
+                      '| method | seeds | top-1 % | top-5 % | ECE % |' + (' ECE % after temperature |' if scaled else '')
+                      + ' paper top-1 |', '|---|---|---|---|---|---|' + ('---|' if scaled else '')]
             for m in methods:
                 rs = [r for r in cell if r['method'] == m]
                 paper = SETTINGS[setting].paper.get(m)
-                lines.append(f'| {m} | {len(rs)} | {mean_std([r["top1"] for r in rs])} | '
-                             f'{mean_std([r["top5"] for r in rs])} | {mean_std([r["ece"] for r in rs])} | '
-                             f'{paper if paper is not None else "-"} |')
+                after = [scaled[(m, r['seed'])] for r in rs if (m, r['seed']) in scaled]
+                cells = [mean_std([r[k] for r in rs]) for k in ('top1', 'top5', 'ece')] + (
+                    [mean_std(after)] if scaled else []) + [f'{paper if paper is not None else "-"}']
+                lines.append(f'| {m} | {len(rs)} | ' + ' | '.join(cells) + ' |')
             by_seed = {(r['method'], r['seed']): r['top1'] for r in cell}
             pairs = [(a, b) for a, b in PAIRS if a in methods and b in methods]
             if pairs:
@@ -423,34 +442,46 @@ def learning_curve(runs_dir: str, out: str, recipe: str) -> str:
             + ', '.join(f'{float(r["eval_top1"]):.1f}' for r in rows) + '.')
 
 
-def write_report(out: str, stem: str, rows: List[Dict], recipes: Sequence[str], runs_dir: str) -> None:
-    parts = []
-    for recipe in recipes:
-        if any(r['recipe'] == recipe for r in rows):
-            parts.append(report(rows, recipe, read_class_rows(os.path.join(out, 'cifar-classes.csv'))))
-            plot(rows, recipe, os.path.join(out, f'{stem}-{recipe}.png'))
-            curve = learning_curve(runs_dir, out, recipe)
-            if curve:
-                parts.append(curve)
-    with open(os.path.join(out, f'{stem}.md'), 'w') as f:
-        f.write('Made by `python benchmarks/cifar.py --report` from `cifar.csv` and `cifar-classes.csv`.\n\n'
-                + '\n\n'.join(parts) + '\n')
+# The reports: the quick suite and the paper recipe in cifar.md, the converged suite in cifar-long.md.
+REPORTS = {'cifar': ('cpu', 'paper'), 'cifar-long': ('long',)}
 
 
-README_START, README_END = '<!-- cifar.md -->', '<!-- /cifar.md -->'
+def write_report(out: str, rows: List[Dict], runs_dir: str) -> List[str]:
+    """Write each report of ``REPORTS`` that has rows (Markdown and plots into ``out``); their names."""
+    class_rows = read_class_rows(os.path.join(out, 'cifar-classes.csv'))
+    calibration_rows = read_calibration_rows(os.path.join(out, 'cifar-calibration.csv'))
+    written = []
+    for stem, recipes in REPORTS.items():
+        parts = []
+        for recipe in recipes:
+            if any(r['recipe'] == recipe for r in rows):
+                parts.append(report(rows, recipe, class_rows, calibration_rows))
+                plot(rows, recipe, os.path.join(out, f'cifar-{recipe}.png'))
+                if recipe == 'long':
+                    import cifar_converged
+                    parts.append(cifar_converged.report(rows, runs_dir, out))
+                else:
+                    parts.append(learning_curve(runs_dir, out, recipe))
+        if parts:
+            with open(os.path.join(out, f'{stem}.md'), 'w') as f:
+                f.write('Made by `python benchmarks/cifar.py --report` from `cifar.csv`, `cifar-classes.csv` and '
+                        '`cifar-calibration.csv`.\n\n' + '\n\n'.join(p for p in parts if p) + '\n')
+            written.append(stem)
+    return written
 
 
-def splice_readme(path: str, report_md: str) -> None:
-    """Put the report (less its first line, headings one level down) between the two markers of a Markdown page
-    (docs/cifar.md: ``make cifar``)."""
+def splice_page(path: str, stem: str, report_md: str) -> None:
+    """Put a report (less its first line, headings one level down) between the page's markers
+    ``<!-- STEM.md -->`` and ``<!-- /STEM.md -->`` (docs/cifar.md: ``make cifar``)."""
+    start_marker, end_marker = f'<!-- {stem}.md -->', f'<!-- /{stem}.md -->'
     with open(path) as f:
         text = f.read()
-    start, end = text.find(README_START), text.find(README_END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
-        fail(f'{path} has no {README_START} ... {README_END} block to put the report in')
+        fail(f'{path} has no {start_marker} ... {end_marker} block to put the report in')
     body = report_md.split('\n', 1)[1].strip().replace('\n### ', '\n#### ')
     with open(path, 'w') as f:
-        f.write(text[:start + len(README_START)] + '\n' + body + '\n' + text[end:])
+        f.write(text[:start + len(start_marker)] + '\n' + body + '\n' + text[end:])
 
 
 def main(argv=None) -> int:
@@ -471,18 +502,19 @@ def main(argv=None) -> int:
     parser.add_argument('--device-name', default=None, help='recorded in each row (default: this CPU)')
     parser.add_argument('--report', action='store_true', help='only write the tables and plots from the CSV')
     parser.add_argument('--readme', default=None,
-                        help=f'with --report: also put the tables into this Markdown page (make cifar: docs/cifar.md), '
-                             f'between {README_START} and {README_END}')
+                        help='with --report: also put the tables into this Markdown page (make cifar: docs/cifar.md), '
+                             'each report between its markers: <!-- cifar.md --> ... <!-- /cifar.md --> and '
+                             '<!-- cifar-long.md --> ... <!-- /cifar-long.md -->')
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, 'cifar.csv')
     if args.report:
-        write_report(args.out, 'cifar', read_rows(csv_path), RECIPES, args.runs_dir)
-        with open(os.path.join(args.out, 'cifar.md')) as f:
-            report_md = f.read()
-        if args.readme:
-            splice_readme(args.readme, report_md)
-        print(report_md)
+        for stem in write_report(args.out, read_rows(csv_path), args.runs_dir):
+            with open(os.path.join(args.out, f'{stem}.md')) as f:
+                report_md = f.read()
+            if args.readme:
+                splice_page(args.readme, stem, report_md)
+            print(report_md)
         return 0
 
     done = {(r['recipe'], r['setting'], r['method'], r['seed'], r['epochs']) for r in read_rows(csv_path)}
@@ -500,8 +532,9 @@ def main(argv=None) -> int:
                 eta = (time.time() - start) / i * (len(jobs) - i) / 60
                 print(f'[{i}/{len(jobs)}] {row["setting"]:>17} {row["method"]:<24} seed {row["seed"]}: top-1 '
                       f'{row["top1"]:.2f} ({row["seconds"]:.0f} s; ~{eta:.0f} min left)', flush=True)
-    write_report(args.out, 'cifar', read_rows(csv_path), RECIPES, args.runs_dir)
-    print(open(os.path.join(args.out, 'cifar.md')).read())
+    for stem in write_report(args.out, read_rows(csv_path), args.runs_dir):
+        with open(os.path.join(args.out, f'{stem}.md')) as f:
+            print(f.read())
     return 0
 
 

@@ -3,7 +3,7 @@ import math
 import os
 import statistics
 import subprocess
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Sequence, Tuple
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom.
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -15,15 +15,21 @@ def mean_std(values: Sequence[float]) -> str:
     return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
 
 
+def t_interval(diffs: Sequence[float]) -> Tuple[float, float, float]:
+    """Mean of paired differences and its 95 % t-interval (low, high); the mean alone (twice) for one value."""
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, mean, mean
+    half = T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
+
+
 def paired_interval(diffs: Sequence[float]) -> str:
     """Mean of paired differences and its 95 % t-interval, e.g. ``+1.20 [+0.10, +2.30]``."""
     if not diffs:
         return '-'
-    mean = statistics.mean(diffs)
-    if len(diffs) < 2:
-        return f'{mean:+.2f}'
-    half = T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return f'{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]'
+    mean, low, high = t_interval(diffs)
+    return f'{mean:+.2f}' if len(diffs) < 2 else f'{mean:+.2f} [{low:+.2f}, {high:+.2f}]'
 
 
 def paired_diffs(by_seed: Mapping[tuple, float], a: str, b: str) -> list:

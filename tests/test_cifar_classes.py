@@ -16,6 +16,7 @@ sys.path.insert(0, ROOT)
 import cifar  # noqa: E402
 import cifar_classes  # noqa: E402
 import train_icm  # noqa: E402
+from timm_icm.metrics import temperature_scaled_ece  # noqa: E402
 from test_datasets import CIFAR10_NAMES, cifar_blob, meta_blob, write_folder  # noqa: E402
 
 RUN = cifar.Run('B1', 'LT-CIFAR-10 0.01', 'IC-Mixup', 0)
@@ -89,9 +90,15 @@ def test_per_class_counts_reproduce_the_recorded_top1(finished_run, capsys):
     assert [r['confidence'] for r in rows] == pytest.approx([float(top[TEST_LABELS == c].sum()) for c in range(10)],
                                                             abs=1e-3)
     assert recorded >= 20 and sum(r['predicted'] > 0 for r in rows) >= 3  # it learnt: the counts are a fingerprint
+    calibration = cifar.read_calibration_rows(str(out / 'cifar-calibration.csv'))
+    assert len(calibration) == 1
+    expected = temperature_scaled_ece(torch.log(probs), torch.from_numpy(TEST_LABELS))
+    assert [calibration[0][k] for k in ('ece', 'ece_scaled', 'temperature')] == pytest.approx(
+        [expected[k] for k in ('ece', 'ece_scaled', 'temperature')], abs=2e-3)
     assert f'top-1 {recorded:.2f} (recorded {recorded:.2f})' in capsys.readouterr().out
     assert cifar_classes.main(argv) == 0  # done runs are skipped
     assert len(cifar.read_class_rows(str(out / 'cifar-classes.csv'))) == 10
+    assert len(cifar.read_calibration_rows(str(out / 'cifar-calibration.csv'))) == 1
     assert 'Where the errors go' in cifar.report(cifar.read_rows(str(out / 'cifar.csv')), 'cpu', rows)
 
 

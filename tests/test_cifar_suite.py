@@ -107,3 +107,106 @@ def test_report_goes_into_the_readme_between_its_markers(tmp_path, capsys):
         cifar.main(argv)
     assert exit_.value.code == 2 and 'has no <!-- cifar.md -->' in capsys.readouterr().err
     assert readme.read_text() == 'no markers\n'
+
+
+def test_long_plan_puts_the_half_schedule_check_after_the_core_methods():
+    runs = cifar.plan(['L1', 'L2', 'L3'], seeds=3, extras=True, recipe='long')
+    assert len(runs) == 3 * (4 + 3) + 3 * (3 + 3) + 3 * 4 + 1 and len(set(runs)) == len(runs)
+    check = runs.index(cifar.SCHEDULE_CHECK)
+    core = [i for i, r in enumerate(runs) if r.method in cifar.BLOCKS[r.block].core and r.block != 'L3'
+            and r != cifar.SCHEDULE_CHECK]
+    assert check == max(core) + 1  # L1's and L2's core runs, then the check, then the extras and L3
+    assert cifar.SCHEDULE_CHECK not in cifar.plan(['L1'], seeds=3, extras=False, recipe='cpu')
+    argv = cifar.train_argv(cifar.SCHEDULE_CHECK, 'long', 'D', 'O')
+    assert [os.path.relpath(argv[i + 1], cifar.HPARAMS) for i, a in enumerate(argv) if a == '-c'] == [
+        'cpu/cifar10_resnet20.yaml', 'long/schedule.yaml', 'methods/icmixup.yaml']
+    assert argv[argv.index('--epochs') + 1] == '100'
+    assert argv[argv.index('--decay-milestones') + 1:argv.index('--decay-milestones') + 4] == ['26', '51', '76']
+    assert argv[argv.index('--experiment') + 1] == 'long-LT-CIFAR-10_0.01-IC-Mixup-0-e100'
+    full = cifar.train_argv(cifar.Run('L1', 'LT-CIFAR-10 0.01', 'LA', 2), 'long', 'D', 'O')
+    assert '--epochs' not in full and '--decay-milestones' not in full  # hparams/long/schedule.yaml decides
+
+
+def test_a_cut_off_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """run_one hands train_icm.py --resume when the run's folder has last.pth.tar, and scales the seconds of the
+    part it ran to the whole run."""
+    run = cifar.Run('L1', 'LT-CIFAR-10 0.01', 'ERM', 0)
+    folder = tmp_path / cifar.run_name(run, 'long')
+    folder.mkdir()
+    (folder / 'last.pth.tar').write_bytes(b'x')
+    (folder / 'summary.csv').write_text('epoch,train_loss,eval_top1,eval_top5,eval_ece,lr\n'
+                                        + ''.join(f'{e},1.0,,,,0.1\n' for e in range(150)))
+    seen = []
+
+    def fake_main(argv):
+        seen.append(argv)
+        with open(folder / 'summary.csv', 'a') as f:
+            f.writelines(f'{e},0.5,{80 if e == 199 else ""},99,3,0.0008\n' for e in range(150, 200))
+        return 0
+
+    import train_icm
+    monkeypatch.setattr(train_icm, 'main', fake_main)
+    row = cifar.run_one((run, 'long', 'D', str(tmp_path), 'abc', 'cpu'))
+    assert seen[0][-2:] == ['--resume', str(folder / 'last.pth.tar')]
+    assert (row['epochs'], row['top1'], row['seed']) == (200, 80.0, 0)
+    assert row['seconds'] < 10  # 50 of 200 epochs took a moment: x4
+
+
+def long_rows(setting, block, values, recipe='long', epochs=200, ece=None):
+    return [dict(block=block, setting=setting, method=m, seed=s, recipe=recipe, epochs=epochs, commit='abc',
+                 device='cpu', top1=v, top5=99.0, ece=(ece or {}).get(m, 5.0), seconds=60.0)
+            for m, per_seed in values.items() for s, v in enumerate(per_seed)]
+
+
+def write_curve(runs_dir, run, finals):
+    folder = runs_dir / cifar.run_name(run, 'long')
+    folder.mkdir(parents=True)
+    with open(folder / 'summary.csv', 'w') as f:
+        f.write('epoch,train_loss,eval_loss,eval_top1,eval_top5,eval_ece,lr\n')
+        for epoch in range(run.epochs or 200):
+            top1 = finals.get(epoch + 1, '')
+            f.write(f'{epoch},1.0,{1.0 if top1 != "" else ""},{top1},,,0.1\n')
+
+
+def test_converged_report(tmp_path):
+    """The long recipe's report: its own tables (not the quick suite's), convergence after 100/150/200 epochs,
+    the half-schedule check, published figures, and which quick-suite conclusions survive; the curves kept in a
+    CSV that outlives the run folders."""
+    import cifar_converged
+    quick = long_rows('LT-CIFAR-10 0.01', 'B1', {'Mixup': [30, 31, 32], 'IC-Mixup': [50, 52, 51], 'ERM': [40, 40, 41]},
+                      recipe='cpu', epochs=10)
+    converged = long_rows('LT-CIFAR-10 0.01', 'L1', {'Mixup': [72, 73, 74], 'IC-Mixup': [72.5, 73.5, 73.0],
+                                                     'ERM': [70, 71, 70.5]})
+    check = long_rows('LT-CIFAR-10 0.01', 'L1', {'IC-Mixup': [72.8]}, epochs=100)
+    rows = quick + converged + check
+    runs_dir, out = tmp_path / 'runs', tmp_path / 'out'
+    out.mkdir()
+    for r in converged:
+        write_curve(runs_dir, cifar.Run('L1', r['setting'], r['method'], r['seed']), {100: 60.0, 150: r['top1'] - 0.5,
+                                                                                      200: r['top1']})
+    write_curve(runs_dir, cifar.SCHEDULE_CHECK, {100: 72.8})
+    text = cifar.report(rows, 'long')
+    assert '### L1: LT-CIFAR-10 0.01 (200 epochs' in text and 'B1' not in text and '| ERM | 3 |' in text
+    assert '| IC-Mixup | 3 | 73.00 ± 0.50 |' in text  # the check's 72.8 is not one of the seeds
+    extra = cifar_converged.report(rows, str(runs_dir), str(out))
+    assert '| LT-CIFAR-10 0.01 | IC-Mixup | 3 | 60.00 | 72.50 | 73.00 | +0.50 |' in extra
+    assert 'top-1 72.80 after 100 epochs, 72.50 after 200: less than a point: 200 epochs are enough' in extra
+    assert '| LT-CIFAR-10 0.01 | logit-adjusted loss | 77.9 | - |' in extra
+    # IC-Mixup − Mixup: quick 20, 21, 19 -> +20 +-2.48; converged +0.5, +0.5, -1 -> no clear difference
+    assert ('| LT-CIFAR-10 0.01 | ICM over Mixup | IC-Mixup − Mixup | +20.00 [+17.52, +22.48] | '
+            in extra and 'no clear difference at convergence (there was one in the quick suite)' in extra)
+    # Mixup − ERM: quick -10 [-12.5, -6.2...], converged +2 +2 +3.5 -> reverses
+    assert 'reverses (gain at convergence)' in extra
+    assert (out / 'cifar-curves-long.csv').exists()
+    import shutil
+    shutil.rmtree(runs_dir)
+    assert cifar_converged.report(rows, str(runs_dir), str(out)) == extra  # the curves outlive the folders
+
+
+def test_verdicts():
+    from cifar_converged import verdict
+    assert verdict((2, 1, 3), (1, 0.5, 1.5)) == 'survives (gain)'
+    assert verdict((2, 1, 3), (-1, -1.5, -0.5)) == 'reverses (loss at convergence)'
+    assert verdict(None, (1, 0.5, 1.5)) == 'appears at convergence (gain)'
+    assert verdict((0, -1, 1), (0, -1, 1)) == 'no clear difference at convergence'
+    assert verdict((-2, -3, -1), (-2, -3, -1), lower_is_better=True) == 'survives (lower)'

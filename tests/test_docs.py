@@ -95,9 +95,10 @@ def test_the_cifar_report_is_spliced_into_a_docs_page_with_its_markers():
     target = re.search(r'benchmarks/cifar\.py --report --readme (\S+)', make).group(1)
     assert target.startswith('docs/'), f'make cifar splices the report into {target}, not a docs page'
     text = (ROOT / target).read_text()
-    assert text.count(cifar.README_START) == text.count(cifar.README_END) == 1
-    assert text.index(cifar.README_START) < text.index(cifar.README_END)
-    assert cifar.README_START not in README.read_text()
+    for stem in cifar.REPORTS:
+        start, end = f'<!-- {stem}.md -->', f'<!-- /{stem}.md -->'
+        assert text.count(start) == text.count(end) == 1 and text.index(start) < text.index(end), stem
+        assert start not in README.read_text()
 
 
 # ----------------------------------------------------------------------------- the Python blocks

@@ -1,0 +1,225 @@
+"""What the converged CIFAR suite (the ``long`` recipe) adds to its tables: the learning curves that show the runs
+have converged, the half-schedule check, published figures at convergence, and which conclusions of the quick
+suite survive. ``python benchmarks/cifar.py --report`` calls :func:`report`; this module runs nothing itself.
+
+The learning curves (the test set every 10 epochs) are read from the run folders and kept in
+``cifar-curves-long.csv``, so that they outlive the folders.
+"""
+import csv
+import os
+import statistics
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from cifar import LONG_EPOCHS, Run, is_schedule_check, run_name, summary_rows
+from stats import paired_diffs, paired_interval, t_interval
+
+CURVE_FIELDS = ['block', 'setting', 'method', 'seed', 'epochs', 'epoch', 'eval_top1', 'train_loss', 'lr']
+
+# Published top-1 (and ECE) at convergence for the same data, ResNet-32 and 200 epochs unless said otherwise:
+# (method, top-1 %, ECE % or None, source).
+PUBLISHED = {
+    'LT-CIFAR-10 0.01': [
+        ('cross-entropy', 71.4, None, 'google-research/google-research, `logit_adjustment/README.md`'),
+        ('logit-adjusted loss', 77.9, None, 'google-research/google-research, `logit_adjustment/README.md`'),
+        ('MiSLAS (mixup stage 1 + label-aware smoothing)', 82.5, 3.66, 'dvlab-research/MiSLAS, `README.md`'),
+    ],
+    'LT-CIFAR-100 0.01': [
+        ('cross-entropy', 39.9, None, 'google-research/google-research, `logit_adjustment/README.md`'),
+        ('logit-adjusted loss', 44.1, None, 'google-research/google-research, `logit_adjustment/README.md`'),
+        ('MiSLAS (mixup stage 1 + label-aware smoothing)', 47.0, 4.83, 'dvlab-research/MiSLAS, `README.md`'),
+    ],
+}
+
+# The quick suite's conclusions, as paired differences (a − b) of a column of cifar.csv.
+CONCLUSIONS = [
+    ('ICM over Mixup', 'IC-Mixup', 'Mixup', 'top1'),
+    ('ICM against logit adjustment', 'IC-Mixup', 'LA', 'top1'),
+    ('ICM + LA over ICM', 'IC-Mixup + LA', 'IC-Mixup', 'top1'),
+    ('Mixup against ERM', 'Mixup', 'ERM', 'top1'),
+    ('ICM over ERM', 'IC-Mixup', 'ERM', 'top1'),
+    ('ECE, ICM against Mixup', 'IC-Mixup', 'Mixup', 'ece'),
+    ('ECE, ICM against ERM', 'IC-Mixup', 'ERM', 'ece'),
+]
+QUICK_BLOCK = {'LT-CIFAR-10 0.01': 'B1', 'CIFAR-100 10 %': 'B2', 'LT-CIFAR-100 0.01': 'B3'}
+
+
+def report(rows: List[Dict], runs_dir: str, out: str) -> str:
+    """The converged suite's extra sections as Markdown; the curves CSV and plot written into ``out``."""
+    curves = collect_curves(rows, runs_dir, os.path.join(out, 'cifar-curves-long.csv'))
+    plot_curves(curves, os.path.join(out, 'cifar-curves-long.png'))
+    parts = [convergence(rows, curves), published(rows), survival(rows)]
+    return '\n\n'.join(p for p in parts if p)
+
+
+def collect_curves(rows: List[Dict], runs_dir: str, path: str) -> List[Dict]:
+    """Every finished long run's evaluated epochs, from its folder where it is still there, else from ``path``;
+    ``path`` rewritten with all of them."""
+    kept = _read_curves(path)
+    for row in rows:
+        if row['recipe'] != 'long':
+            continue
+        run = Run(row['block'], row['setting'], row['method'], row['seed'],
+                  row['epochs'] if is_schedule_check(row) else None)
+        summary = summary_rows(os.path.join(runs_dir, run_name(run, 'long')))
+        if not summary:
+            continue
+        key = _curve_key(row)
+        kept = [c for c in kept if _curve_key(c) != key]
+        kept += [{'block': row['block'], 'setting': row['setting'], 'method': row['method'], 'seed': row['seed'],
+                  'epochs': row['epochs'], 'epoch': int(s['epoch']) + 1, 'eval_top1': float(s['eval_top1']),
+                  'train_loss': float(s['train_loss']), 'lr': float(s['lr'])} for s in summary if s['eval_top1']]
+    if kept:
+        with open(path, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=CURVE_FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
+    return kept
+
+
+def _read_curves(path: str) -> List[Dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline='') as f:
+        return [dict(r, seed=int(r['seed']), epochs=int(r['epochs']), epoch=int(r['epoch']),
+                     eval_top1=float(r['eval_top1']), train_loss=float(r['train_loss']), lr=float(r['lr']))
+                for r in csv.DictReader(f)]
+
+
+def _curve_key(row: Dict) -> Tuple:
+    return row['block'], row['setting'], row['method'], int(row['seed']), int(row['epochs'])
+
+
+def _mean_curve(curves: Sequence[Dict], setting: str, method: str, epochs: int = LONG_EPOCHS) -> Dict[int, float]:
+    """Epoch -> mean test top-1 over the seeds evaluated at that epoch."""
+    by_epoch: Dict[int, List[float]] = {}
+    for c in curves:
+        if (c['setting'], c['method'], c['epochs']) == (setting, method, epochs):
+            by_epoch.setdefault(c['epoch'], []).append(c['eval_top1'])
+    return {e: statistics.mean(v) for e, v in sorted(by_epoch.items())}
+
+
+def convergence(rows: List[Dict], curves: Sequence[Dict]) -> str:
+    """Top-1 after 100, 150 and 200 epochs per setting and method (is the curve flat at the end?), and the
+    half-schedule check (the same run with 100 epochs)."""
+    lines = []
+    settings = [s for s in QUICK_BLOCK if any(c['setting'] == s for c in curves)]
+    if settings:
+        lines += ['### Have the runs converged?', '',
+                  'Test top-1 % after 100, 150 and 200 epochs (mean over the seeds; the lr drops x0.2 after '
+                  'epochs 50, 100 and 150), and the change over the last 50 epochs. Curves: '
+                  '[`cifar-curves-long.png`](cifar-curves-long.png), every 10 epochs of every run in '
+                  '[`cifar-curves-long.csv`](cifar-curves-long.csv).', '',
+                  '| setting | method | seeds | 100 | 150 | 200 | last 50 epochs |', '|---|---|---|---|---|---|---|']
+        for setting in settings:
+            for method in dict.fromkeys(c['method'] for c in curves if c['setting'] == setting):
+                curve = _mean_curve(curves, setting, method)
+                if LONG_EPOCHS not in curve:
+                    continue
+                seeds = len({c['seed'] for c in curves if (c['setting'], c['method']) == (setting, method)
+                             and c['epochs'] == LONG_EPOCHS})
+                at = [curve.get(e) for e in (100, 150, 200)]
+                cells = ' | '.join('-' if v is None else f'{v:.2f}' for v in at)
+                change = f'{at[2] - at[1]:+.2f}' if at[1] is not None else '-'
+                lines.append(f'| {setting} | {method} | {seeds} | {cells} | {change} |')
+    check = [r for r in rows if is_schedule_check(r)]
+    full = {(r['setting'], r['method'], r['seed']): r['top1'] for r in rows
+            if r['recipe'] == 'long' and r['epochs'] == LONG_EPOCHS}
+    for r in check:
+        long_run = full.get((r['setting'], r['method'], r['seed']))
+        if long_run is None:
+            continue
+        verdict = 'less than a point: 200 epochs are enough' if abs(long_run - r['top1']) < 1 else (
+            'a point or more: the shorter schedule had not converged' if long_run > r['top1'] else
+            'a point or more, in favour of the shorter schedule')
+        lines += ['', f'Half-schedule check ({r["method"]}, {r["setting"]}, seed {r["seed"]}; the same recipe with '
+                      f'{r["epochs"]} epochs and the lr drops at the same fractions): top-1 {r["top1"]:.2f} after '
+                      f'{r["epochs"]} epochs, {long_run:.2f} after {LONG_EPOCHS}: {verdict}.']
+    return '\n'.join(lines).strip()
+
+
+def published(rows: List[Dict]) -> str:
+    """The published figures at convergence beside ours, for the settings the suite has run."""
+    ours = [r for r in rows if r['recipe'] == 'long' and not is_schedule_check(r)]
+    lines = []
+    for setting, figures in PUBLISHED.items():
+        if not any(r['setting'] == setting for r in ours):
+            continue
+        if not lines:
+            lines += ['### Published figures at convergence', '',
+                      'Other code bases on the same data (ResNet-32, 200 epochs; facts, with their sources), for the '
+                      'level our ResNet-20 runs reach; the paper\'s own numbers (ResNet-34) are in the tables above.',
+                      '', '| setting | method | top-1 % | ECE % | source |', '|---|---|---|---|---|']
+        for method, top1, ece, source in figures:
+            lines.append(f'| {setting} | {method} | {top1} | {"-" if ece is None else ece} | {source} |')
+    return '\n'.join(lines)
+
+
+def verdict(quick: Optional[Tuple[float, float, float]], converged: Tuple[float, float, float],
+            lower_is_better: bool = False) -> str:
+    """How a quick-suite difference fares at convergence, from the two 95 % intervals (mean, low, high)."""
+    def sign(interval):  # +1 / -1 where the interval excludes 0, else 0
+        return 0 if interval is None or interval[1] <= 0 <= interval[2] else (1 if interval[1] > 0 else -1)
+    q, c = sign(quick), sign(converged)
+    if c == 0:
+        return 'no clear difference at convergence' + (' (there was one in the quick suite)' if q else '')
+    direction = ('lower' if c < 0 else 'higher') if lower_is_better else ('gain' if c > 0 else 'loss')
+    if q == c:
+        return f'survives ({direction})'
+    return f'reverses ({direction} at convergence)' if q else f'appears at convergence ({direction})'
+
+
+def survival(rows: List[Dict]) -> str:
+    """The quick suite's paired differences beside the converged suite's, per setting, with a verdict."""
+    lines = []
+    for setting, quick_block in QUICK_BLOCK.items():
+        for name, a, b, column in CONCLUSIONS:
+            cells = []
+            for recipe, block in (('cpu', quick_block), ('long', None)):
+                by_seed = {(r['method'], r['seed']): r[column] for r in rows
+                           if r['recipe'] == recipe and r['setting'] == setting and not is_schedule_check(r)
+                           and (block is None or r['block'] == block)}
+                cells.append(paired_diffs(by_seed, a, b))
+            quick, converged = cells
+            if len(converged) < 2:
+                continue
+            if not lines:
+                lines += ['### Which conclusions of the quick suite survive convergence', '',
+                          'Paired differences (a − b, mean and 95 % t-interval over seeds) in the quick suite '
+                          '(`cpu` recipe, 10-25 epochs) and at convergence (`long` recipe, 200 epochs). Top-1 in '
+                          'points, ECE in points (lower is better calibrated).', '',
+                          '| setting | conclusion | a − b | quick suite | converged | verdict |',
+                          '|---|---|---|---|---|---|']
+            outcome = verdict(t_interval(quick) if len(quick) >= 2 else None, t_interval(converged),
+                              lower_is_better=column == 'ece')
+            lines.append(f'| {setting} | {name} | {a} − {b} | {paired_interval(quick)} | '
+                         f'{paired_interval(converged)} | {outcome} |')
+    return '\n'.join(lines)
+
+
+def plot_curves(curves: Sequence[Dict], path: str) -> bool:
+    """One panel per setting: each method's mean test top-1 over seeds against the epoch; False without
+    matplotlib or curves."""
+    settings = [s for s in QUICK_BLOCK if any(c['setting'] == s and c['epochs'] == LONG_EPOCHS for c in curves)]
+    if not settings:
+        return False
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for method in dict.fromkeys(c['method'] for c in curves if c['setting'] == setting):
+            curve = _mean_curve(curves, setting, method)
+            if curve:
+                ax.plot(list(curve), list(curve.values()), label=method,
+                        linestyle='-' if method.startswith('IC') else '--')
+        ax.set_title(setting)
+        ax.set_xlabel('epoch')
+        ax.set_ylabel('test top-1 %')
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
