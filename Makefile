@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+# The demo's Fashion-MNIST: this folder if set, else found or fetched by timm_icm/demo_data.py (Debian's
+# folder, a copy downloaded earlier into data/, Debian's package, torchvision's download into data/).
+FMNIST_DIR ?=
+DEBIAN_FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
 .PHONY: test demo venv clean data cifar
 
@@ -18,13 +21,16 @@ test: venv
 	$(PY) -m pytest -q
 
 DEMO_SEEDS ?= 0 1 2
-DEMO := -c hparams/cpu/fmnist_resnet20.yaml -c hparams/cpu/spc50.yaml --data-dir $(FMNIST_DIR) --output output/demo
+DEMO := -c hparams/cpu/fmnist_resnet20.yaml -c hparams/cpu/spc50.yaml --output output/demo
 
 # Fashion-MNIST, 50 training images per class: Mixup vs IC-Mixup through train_icm.py, then the comparison.
 demo: venv
-	@mkdir -p output/demo; for seed in $(DEMO_SEEDS); do for method in mixup icmixup; do \
+	@fmnist=$$($(PY) -m timm_icm.demo_data --fmnist-dir "$(FMNIST_DIR)" --debian-dir "$(DEBIAN_FMNIST_DIR)" \
+	  --download-dir data) || exit $$?; \
+	mkdir -p output/demo; for seed in $(DEMO_SEEDS); do for method in mixup icmixup; do \
 	  log=output/demo/$$method-$$seed.log; \
-	  $(PY) train_icm.py $(DEMO) -c hparams/methods/$$method.yaml --seed $$seed --subset-seed $$seed \
+	  $(PY) train_icm.py $(DEMO) --data-dir "$$fmnist" -c hparams/methods/$$method.yaml \
+	    --seed $$seed --subset-seed $$seed \
 	    --experiment $$method-$$seed > $$log || { tail -n 20 $$log; exit 1; }; \
 	  echo "$$method, seed $$seed: $$(grep 'Eval:' $$log | tail -n 1)"; \
 	done; done
