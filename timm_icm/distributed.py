@@ -1,10 +1,10 @@
-"""All-gather for a loss that contrasts each process's rows with the global batch.
+"""torch.distributed's collectives as the ICM loss uses them, and the process group's lifetime.
 
-As open_clip's contrastive loss does: gather every rank's logits with gradient (torch's
-differentiable all-gather: its backward sums each rank's gradient back to the rank that owns the
-rows), gather the targets, and let each rank's loss be the mean over its own rows. DDP then
-averages the gradients, which gives the gradient of the global-batch loss. Every rank must hold the
-same number of rows (``drop_last``).
+The global-batch loss (``gather_distributed=True``, :mod:`.global_batch`) needs, per step, every
+rank's targets in a few numbers a row (:func:`all_rows_of`), every rank's duplicate keys with
+``duplicates='merge'``, and the log-sum-exp of each column of ``M`` over every rank's images
+(:func:`all_ranks_logsumexp`): O(N) numbers, whatever the number of classes. :func:`all_rows`, the
+differentiable all-gather of logits, is the earlier way (O(N C)), kept for ``benchmarks/gather.py``.
 """
 import warnings
 from typing import Tuple
@@ -41,9 +41,38 @@ def all_rows(tensor: torch.Tensor) -> torch.Tensor:
         return torch.cat(all_gather(tensor), dim=0)
 
 
-def gather_rows(logits: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """The global batch ``(all_logits, all_target)`` and the offset of this rank's rows in it."""
-    rank, world_size = world()
-    if world_size == 1:
-        return logits, target, 0
-    return all_rows(logits), all_rows(target), rank * logits.shape[0]
+def all_rows_of(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``tensor`` in rank order, without gradient (targets, keys)."""
+    tensor = tensor.contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(world()[1])]
+    dist.all_gather(parts, tensor)
+    return torch.cat(parts, dim=0)
+
+
+def every_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on every rank (one all-reduce of one number); ``flag`` alone outside
+    a distributed run."""
+    if world()[1] == 1:
+        return flag
+    agreed = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
+def row_count_range(num_rows: int, device: torch.device) -> torch.Tensor:
+    """``[most, -fewest]`` rows over the ranks: one all-reduce of two integers."""
+    counts = torch.tensor([num_rows, -num_rows], device=device)
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    return counts
+
+
+def all_ranks_logsumexp(matrix: torch.Tensor, dim: int) -> torch.Tensor:
+    """``logsumexp(matrix, dim)`` where the lines along ``dim`` continue on the other ranks: each rank
+    holds its own entries of the same lines. Two all-reduces of one number per line: the maxima,
+    then the sums of exponentials below them. Not differentiable: its caller's backward is local."""
+    peak = matrix.amax(dim)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)  # as torch.logsumexp: -inf lines stay -inf
+    total = (matrix - peak.unsqueeze(dim)).exp_().sum(dim)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.log_().add_(peak)

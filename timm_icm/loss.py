@@ -9,7 +9,9 @@ each column (a classifier against every mixed image, Eq. 7), or the sum of both 
 :meth:`InfiniteClassCrossEntropy.forward`.
 
 What makes this fast at large ``B^2 C`` without changing a value (a sparse score matrix, one
-autograd node for both cross-entropies, the choice between the paths) is in :mod:`.loss_fast`.
+autograd node for both cross-entropies, the choice between the paths) is in :mod:`.loss_fast`; the
+global batch of a distributed run (``gather_distributed``: ``M[mine, :] = S_mine @ Y_all.T``, never
+another rank's logits) is in :mod:`.global_batch`.
 """
 import contextlib
 from typing import ContextManager, Optional, Tuple, Union
@@ -18,7 +20,8 @@ import torch
 import torch.nn as nn
 from timm.loss import SoftTargetCrossEntropy
 
-from .distributed import gather_rows
+from .distributed import every_rank
+from .global_batch import GlobalBatch, gathered_logits, gathered_targets, given_batch, local_batch
 from .loss_fast import MixedTargets, ScorePath, cross_entropies, duplicate_counts, first_batch_pre_hook, \
     host_reads_are_free, sparse_score_matrix
 
@@ -40,7 +43,9 @@ class InfiniteClassCrossEntropy(nn.Module):
         duplicates: ``'paper'`` (default) counts equal target rows as separate classifiers, as the
             paper does; ``'merge'`` normalises the class axis over the distinct target rows only.
         gather_distributed: in a distributed run, contrast this process's rows with the rows of
-            every process (all-gather with gradient); by default each process contrasts its own batch.
+            every process: the loss of the global batch, with ``O(N)`` numbers a rank and step
+            whatever C is, never another rank's logits (:mod:`.global_batch`). Every rank must hold
+            the same number of rows. By default each process contrasts its own batch.
         target_format: how ``M`` is built; the value is the same. ``'dense'``: one matrix product,
             O(B^2 C), right for any soft targets. ``'sparse'``: from the floor and two classes of each
             row, O(B^2 + B C), for targets mixed by timm's Mixup/CutMix; other targets raise a
@@ -67,7 +72,7 @@ class InfiniteClassCrossEntropy(nn.Module):
         self.gather_distributed = bool(gather_distributed)
         self.target_format = check_choice('target_format', target_format, TARGET_FORMATS)
         self.unmixed = check_choice('unmixed', unmixed, UNMIXED)
-        self.score_path = ScorePath(self.target_format)
+        self.score_path = ScorePath(self.target_format, agree=every_rank if self.gather_distributed else None)
         if self.target_format == 'auto':  # the one host read, before the first forward: outside any compiled graph
             self.register_forward_pre_hook(first_batch_pre_hook)
 
@@ -81,28 +86,32 @@ class InfiniteClassCrossEntropy(nn.Module):
         check_logits_and_targets(logits, target, 'InfiniteClassCrossEntropy')
         with autocast_off(logits.device):  # float32 (or wider), whatever the autocast dtype
             S, Y = float32_or_wider(logits, target)
-            all_S, all_Y, offset = self._global_batch(S, Y)  # S, Y themselves unless gathering
-            if all_Y.shape[0] < 2:
+            batch = self._global_batch(S, Y)  # my rows alone, unless gathering
+            if len(batch) < 2:
                 return soft_target_cross_entropy(S, Y)  # a single image has nothing to contrast
-            all_Y_read = self.score_path.classifiers(S.shape[0], all_Y)  # all_Y, or its floor and two classes per row
-            if self.unmixed == 'ce' and host_reads_are_free(S.device) and not any_row_mixed(all_Y_read):
+            all_Y = batch.classifiers  # every target row, or its floor and two classes per row
+            if self.unmixed == 'ce' and host_reads_are_free(S.device) and not any_row_mixed(all_Y):
                 return soft_target_cross_entropy(S, Y)  # no row mixed: the cross-entropy over the C classes
-            if all_S is S:  # Eq. 3: M[i, j] = S[i] . Y[j], image i under the interpolated classifier of row j
-                rows = columns = score_matrix(S, all_Y_read)  # M = S @ Y.T; Eq. 5 takes its rows, Eq. 7 its columns
-            else:  # gathered: my images x every classifier (Eq. 5), every image x my classifiers (Eq. 7)
-                rows = score_matrix(S, all_Y_read) if self.axes != 'pair' else None
-                columns = score_matrix(all_S, all_Y_read[offset:offset + S.shape[0]]) if self.axes != 'class' else None
-            class_bias = duplicate_counts(all_Y).log() if self.duplicates == 'merge' else None
-            class_ce, pair_ce = cross_entropies(rows, columns, self.axes, offset, class_bias)  # Eq. 5, Eq. 7
+            # Eq. 3: M[i, j] = S[i] . Y[j], image i under the interpolated classifier of row j; M = S @ Y.T over my
+            # images (every image when not gathering). Eq. 5 takes its rows, Eq. 7 its columns.
+            rows = columns = score_matrix(S, all_Y)
+            if batch.all_logits is not None and self.axes != 'class':  # the earlier all-gather: Eq. 7 from every image
+                columns = score_matrix(batch.all_logits, all_Y[batch.offset:batch.offset + S.shape[0]])
+            class_bias = batch.duplicate_counts.log() if self.duplicates == 'merge' else None
+            class_ce, pair_ce = cross_entropies(rows, columns, self.axes, batch.offset, class_bias,
+                                                batch.columns_across_ranks)  # Eq. 5, Eq. 7
             loss = class_ce + pair_ce if self.axes == 'both' else class_ce if self.axes == 'class' else pair_ce
             if self.unmixed == 'ce' and not host_reads_are_free(S.device):  # both computed, chosen on the device
-                loss = torch.where(any_row_mixed(all_Y_read), loss, soft_target_cross_entropy(S, Y))
+                loss = torch.where(any_row_mixed(all_Y), loss, soft_target_cross_entropy(S, Y))
             return loss
 
-    def _global_batch(self, S: torch.Tensor, Y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    def _global_batch(self, S: torch.Tensor, Y: torch.Tensor) -> GlobalBatch:
         """The rows to contrast mine with and where mine start among them: every process's rows
         with ``gather_distributed``, else mine."""
-        return gather_rows(S, Y) if self.gather_distributed else (S, Y, 0)
+        merge = self.duplicates == 'merge'
+        if self.gather_distributed:
+            return gathered_targets(S, Y, self.score_path, merge)
+        return local_batch(Y, self.score_path, merge)
 
     def extra_repr(self) -> str:
         return (f'axes={self.axes!r}, duplicates={self.duplicates!r}, gather_distributed={self.gather_distributed}, '
@@ -146,8 +155,21 @@ class _GivenGlobalBatch(InfiniteClassCrossEntropy):
         super().__init__(*options)
         self.all_logits, self.all_target, self.offset = all_logits, all_target, offset
 
-    def _global_batch(self, S: torch.Tensor, Y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
-        return (*float32_or_wider(self.all_logits, self.all_target), self.offset)
+    def _global_batch(self, S: torch.Tensor, Y: torch.Tensor) -> GlobalBatch:
+        return given_batch(S, *float32_or_wider(self.all_logits, self.all_target), self.offset, self.score_path,
+                           self.duplicates == 'merge')
+
+
+class _GatheringLogits(InfiniteClassCrossEntropy):
+    """The earlier ``gather_distributed=True``: all-gather every rank's logits (with gradient) and dense
+    targets, ``O(N C)`` a rank and step. The same loss and gradients; kept for ``benchmarks/gather.py``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gather_distributed = True
+
+    def _global_batch(self, S: torch.Tensor, Y: torch.Tensor) -> GlobalBatch:
+        return gathered_logits(S, Y, self.score_path, self.duplicates == 'merge')
 
 
 def score_matrix(images: torch.Tensor, classifiers: Union[torch.Tensor, MixedTargets]) -> torch.Tensor:

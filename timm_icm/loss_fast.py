@@ -20,10 +20,12 @@ multiples of SoftTargetCrossEntropy's forward + backward from ``benchmarks/cost.
 - :func:`duplicate_counts` counts equal target rows (``duplicates='merge'``) by hashing each row
   to one integer: ``O(B C)`` instead of comparing every pair of rows, ``O(B^2 C)``.
 """
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+
+from .distributed import all_ranks_logsumexp
 
 # Up to this many multiply-adds (images x classifiers x classes) one matrix product builds the score
 # matrix faster than the sparse path, whose fixed cost is a dozen small operations (measured with
@@ -66,11 +68,15 @@ class MixedTargets:
         no host sync. ``topk`` allocates nothing of size N x C, which at large C makes it faster than
         any mask. A row holding NaN or inf counts as fitting: its NaN then reaches the loss, as
         SoftTargetCrossEntropy lets it."""
-        floor = target.amin(dim=1)
         top = target.topk(3, dim=1)
-        weights = top.values[:, :2] - floor[:, None]
-        fits = (top.values[:, 2] == floor) | ~torch.isfinite(weights[:, 0])
-        return cls(floor, weights, top.indices[:, :2], fits)
+        return cls.from_top(target.amin(dim=1), top.values, top.indices[:, :2])
+
+    @classmethod
+    def from_top(cls, floor: torch.Tensor, top_values: torch.Tensor, top_classes: torch.Tensor) -> 'MixedTargets':
+        """From each row's minimum, its three largest values and the classes of the first two."""
+        weights = top_values[:, :2] - floor[:, None]
+        fits = (top_values[:, 2] == floor) | ~torch.isfinite(weights[:, 0])
+        return cls(floor, weights, top_classes, fits)
 
     def __getitem__(self, rows: slice) -> 'MixedTargets':
         return MixedTargets(self.floor[rows], self.weights[rows], self.classes[rows], self.fits[rows])
@@ -82,24 +88,28 @@ class MixedTargets:
         """True (0-d) when some row has two classes above its floor."""
         return (self.weights[:, 1] > 0).any()
 
-    def check_fits(self, target: torch.Tensor, target_format: str) -> None:
+    def check_fits(self, target: Optional[torch.Tensor], target_format: str) -> None:
         """Fail loudly on a batch that the sparse score matrix cannot represent; it would be wrong.
 
         On the CPU a ValueError naming the rows; elsewhere (and inside ``torch.compile``) a
         device-side assertion, which costs no host sync and stops the run at its next sync.
+        ``target``: the dense rows, to count the first bad row's classes; None for every rank's
+        rows of a distributed global batch, whose dense rows no rank holds.
         """
         if not host_reads_are_free(self.fits.device):
             torch._assert_async(self.fits.all(), _NOT_MIXED_TARGETS)
         elif not bool(self.fits.all()):
             rows = (~self.fits).nonzero().flatten().tolist()
-            above_floor = int((target[rows[0]] > self.floor[rows[0]]).sum())
+            which = 'rows' if target is not None else "rows of the global batch (every rank's)"
+            first = (f'{int((target[rows[0]] > self.floor[rows[0]]).sum())} classes' if target is not None
+                     else 'the first')
             chosen = {'sparse': "target_format='sparse'",
                       'auto': "target_format='auto', which found the first batch's targets mixed by timm and "
                               "so takes the sparse path at this size"}[target_format]
             raise ValueError(
                 f'InfiniteClassCrossEntropy with {chosen} got soft targets that are not a floor plus at most two '
-                f'classes per row: {len(rows)} of {len(self)} rows have three or more classes above their minimum '
-                f'(row {rows[0]}: {above_floor} classes). Only targets mixed by timm\'s Mixup/CutMix (from two images, '
+                f'classes per row: {len(rows)} of {len(self)} {which} have three or more classes above their minimum '
+                f'(row {rows[0]}: {first}). Only targets mixed by timm\'s Mixup/CutMix (from two images, '
                 f'label smoothing allowed) have that form; for any other soft targets (a teacher\'s distribution, '
                 f'mixing of more than two images) pass target_format=\'dense\'.')
 
@@ -114,9 +124,10 @@ class ScorePath:
     size. A sparse-path batch that is not mixed by timm fails loudly (:meth:`MixedTargets.check_fits`).
     """
 
-    def __init__(self, target_format: str):
+    def __init__(self, target_format: str, agree: Optional[Callable[[bool, torch.device], bool]] = None):
         self.target_format = target_format
         self.sparse_targets: Optional[bool] = None
+        self.agree = agree  # a distributed global batch: the first batch's answer must hold on every rank
 
     def classifiers(self, num_images: int, target: torch.Tensor) -> Union[torch.Tensor, MixedTargets]:
         if target.shape[1] < 3 or not self._takes_sparse_path(num_images, target):
@@ -132,10 +143,24 @@ class ScorePath:
             self.read_first_batch(target)
         return self.sparse_targets and sparse_pays_off(num_images, *target.shape, target.device)
 
+    def travels_compact(self, target: torch.Tensor) -> bool:
+        """Whether every row of ``target`` is a floor plus two classes (``'sparse'``, or ``'auto'``
+        with the first batch so): a distributed global batch then sends those few numbers a row."""
+        if target.shape[1] < 3 or self.target_format == 'dense':
+            return False
+        if self.target_format == 'auto' and self.sparse_targets is None:
+            self.read_first_batch(target)
+        return self.target_format == 'sparse' or self.sparse_targets
+
+    def reads_structure(self, num_images: int, num_classifiers: int, num_classes: int, device: torch.device) -> bool:
+        """For targets that travelled compact: the sparse score matrix, or the dense product of the rows."""
+        return self.target_format == 'sparse' or sparse_pays_off(num_images, num_classifiers, num_classes, device)
+
     @torch.compiler.disable(reason="target_format='auto' reads the first batch's targets on the host, once")
     def read_first_batch(self, target: torch.Tensor) -> None:
         """Whether every row of ``target`` is a floor plus at most two classes: one host read."""
-        self.sparse_targets = target.shape[1] >= 3 and bool(MixedTargets.read(target.float()).fits.all())
+        fits = target.shape[1] >= 3 and bool(MixedTargets.read(target.float()).fits.all())
+        self.sparse_targets = self.agree(fits, target.device) if self.agree else fits
 
 
 @torch.compiler.disable(reason="target_format='auto' reads the first batch's targets on the host, once")
@@ -223,29 +248,41 @@ def _in_memory_order(matrix: torch.Tensor, dim: int, diagonal: int) -> Tuple[tor
 
 class _CrossEntropies(torch.autograd.Function):
     """Eq. 5 over the rows of one score matrix and Eq. 7 over the columns of another (or the same
-    one, ``shared``), each ``mean_k [logsumexp(line_k - bias) - positive_k]``; two 0-d outputs.
+    one, ``shared``), each ``mean_k [logsumexp(line_k - bias) - positive_k]`` over the lines that
+    hold a positive; two 0-d outputs.
 
     Each term is one ``log_softmax`` pass; its exp, the softmax, is kept for the backward, which is
     then one buffer per score matrix: the softmaxes scaled by the incoming gradients, minus them at
     the positives. The positive's log-probability comes from ``log_softmax``, so the loss stays
     exact where the positive's probability underflows.
+
+    ``columns_across_ranks``: the columns matrix is ``M[mine, :]`` of a distributed global batch and
+    each column continues on the other ranks; its normaliser is all-reduced
+    (:func:`.distributed.all_ranks_logsumexp`) and the term is the mean over my rows' classifiers.
+    The backward stays local: every rank's gradient of my rows is ``p - 1[positive]`` over every
+    column, scaled as my own columns are, which is the sum over the ranks for a loss whose upstream
+    gradient is the same on every rank (the DDP contract of :mod:`.global_batch`).
     """
 
     @staticmethod
-    def forward(ctx, rows, columns, offset, class_bias, shared):
+    def forward(ctx, rows, columns, offset, class_bias, shared, columns_across_ranks):
         terms = []  # (output, input, matrix as laid out in memory, softmax dim, positives' diagonal, transposed)
         if rows is not None:  # Eq. 5: line k is row k, its positive at column offset + k
             terms.append((0, 0, *_in_memory_order(rows, 1, offset)))
-        if shared or columns is not None:  # Eq. 7: line k is column k, its positive at row offset + k
-            terms.append((1, 0 if shared else 1, *_in_memory_order(rows if shared else columns, 0, -offset)))
+        if shared or columns is not None:  # Eq. 7: the positive of classifier k at image offset + k
+            pair_diagonal = offset if columns_across_ranks else -offset  # columns [mine, all] or [all, mine]
+            terms.append((1, 0 if shared else 1, *_in_memory_order(rows if shared else columns, 0, pair_diagonal)))
         outputs, probs = [None, None], []
         for output, _, matrix, dim, diagonal, _ in terms:
             bias = class_bias if output == 0 else None
-            log_probs = torch.log_softmax(matrix if bias is None else matrix - bias.unsqueeze(1 - dim), dim)
-            lines = matrix.shape[1 - dim]
-            outputs[output] = log_probs.diagonal(diagonal).sum().div_(-lines)  # mean of -log p(positive)
+            if output == 1 and columns_across_ranks:
+                log_probs = matrix - all_ranks_logsumexp(matrix, dim).unsqueeze(dim)
+            else:
+                log_probs = torch.log_softmax(matrix if bias is None else matrix - bias.unsqueeze(1 - dim), dim)
+            positives = log_probs.diagonal(diagonal)
+            outputs[output] = positives.sum().div_(-len(positives))  # mean of -log p(positive)
             if bias is not None:  # the positive is the unshifted score: lse(s - b) - s_k = -log p_k - b_k
-                outputs[output] -= bias[offset:offset + lines].mean()
+                outputs[output] -= bias[offset:offset + len(positives)].mean()
             probs.append(log_probs.exp_())
         ctx.save_for_backward(*probs)
         ctx.terms = [(output, input_, dim, diagonal, transposed) for output, input_, _, dim, diagonal, transposed
@@ -257,14 +294,15 @@ class _CrossEntropies(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, class_grad, pair_grad):
         probs = ctx.saved_tensors
-        if ctx.shared and class_grad is pair_grad:  # Eq. 9 on one B x B matrix: one scale, one pass over the positives
-            scale = class_grad / probs[0].shape[0]
+        if ctx.shared and class_grad is pair_grad:  # Eq. 9 on one matrix: one scale, one pass over the positives
+            diagonal = ctx.terms[0][3]
+            scale = class_grad / len(probs[0].diagonal(diagonal))
             grad = probs[0] * scale
-            grad.addcmul_(probs[1], scale).diagonal().sub_(scale, alpha=2)
-            return grad.t() if ctx.terms[0][-1] else grad, None, None, None, None
+            grad.addcmul_(probs[1], scale).diagonal(diagonal).sub_(scale, alpha=2)
+            return grad.t() if ctx.terms[0][-1] else grad, None, None, None, None, None
         grads, transposed_inputs = [None, None], set()
         for (output, input_, dim, diagonal, transposed), prob in zip(ctx.terms, probs):
-            scale = (class_grad, pair_grad)[output] / prob.shape[1 - dim]
+            scale = (class_grad, pair_grad)[output] / len(prob.diagonal(diagonal))
             if grads[input_] is None:
                 grads[input_] = prob * scale
             else:
@@ -273,21 +311,23 @@ class _CrossEntropies(torch.autograd.Function):
             if transposed:
                 transposed_inputs.add(input_)
         grads = [grad.t() if i in transposed_inputs else grad for i, grad in enumerate(grads)]
-        return grads[0], grads[1], None, None, None
+        return grads[0], grads[1], None, None, None, None
 
 
 def cross_entropies(rows: Optional[torch.Tensor], columns: Optional[torch.Tensor], axes: str = 'both',
-                    offset: int = 0, class_bias: Optional[torch.Tensor] = None
+                    offset: int = 0, class_bias: Optional[torch.Tensor] = None, columns_across_ranks: bool = False
                     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """``(class_ce, pair_ce)``: the mean cross-entropy over the rows of ``rows`` (Eq. 5; line k's
     positive at column ``offset + k``, ``class_bias`` subtracted from each row inside the
-    normaliser only) and over the columns of ``columns`` (Eq. 7; positive at row ``offset + k``).
+    normaliser only) and over the columns of ``columns`` (Eq. 7; positive at row ``offset + k``;
+    with ``columns_across_ranks``, ``columns`` is ``M[mine, :]``, column ``offset + k``'s positive
+    at row k and its normaliser over every rank's images).
     ``axes`` (``'both'``, ``'class'``, ``'pair'``) says which to compute; the other is ``None``.
     One matrix for both gives both from one node with one gradient buffer."""
     rows = rows if axes != 'pair' else None
     columns = columns if axes != 'class' else None
     shared = rows is not None and columns is rows
-    return _CrossEntropies.apply(rows, None if shared else columns, offset, class_bias, shared)
+    return _CrossEntropies.apply(rows, None if shared else columns, offset, class_bias, shared, columns_across_ranks)
 
 
 _HASH_WEIGHTS = {}
@@ -315,10 +355,20 @@ def _splitmix64_odd(count: int, device: torch.device) -> torch.Tensor:
 def duplicate_counts(target: torch.Tensor) -> torch.Tensor:
     """For each row of ``target``, how many rows (itself included) are bit-identical to it. Shape [B], float.
 
-    Each row's float32 bits are hashed to one 64-bit integer (wrapping integer arithmetic, so the
-    key depends on neither reduction order nor device; collisions about 2^-60), and the keys are
+    Each row's float32 bits are hashed to one 64-bit integer (:func:`row_keys`) and the keys are
     compared: ``O(B C + B^2)``, no sort, no sync.
     """
+    return key_counts(row_keys(target))
+
+
+def row_keys(target: torch.Tensor) -> torch.Tensor:
+    """One 64-bit integer per row, equal for bit-identical float32 rows (wrapping integer
+    arithmetic, so the key depends on neither reduction order, device nor process; collisions
+    about 2^-60)."""
     bits = target.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
-    keys = (bits * _hash_weights(target.shape[1], target.device)).sum(dim=1)
+    return (bits * _hash_weights(target.shape[1], target.device)).sum(dim=1)
+
+
+def key_counts(keys: torch.Tensor) -> torch.Tensor:
+    """For each key, how many keys (itself included) equal it; float."""
     return (keys[:, None] == keys[None, :]).sum(dim=0).to(torch.float32)
