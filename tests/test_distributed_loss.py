@@ -5,9 +5,12 @@ concatenated global batch, and each rank's logits gradient is world_size times t
 gradient for its rows. Checked against a float64 reference written from Eq. 5/7/9 for every option,
 with one spawn per world size: each process runs every case in one process group.
 """
+import csv
 import itertools
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ from timm_icm import InfiniteClassCrossEntropy, LogitAdjustedLoss, RegMixupLoss
 import timm_icm.loss_fast as loss_fast
 from timm_icm.loss import _GatheringLogits
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 16  # the global batch: 8 rows a rank on 2 processes, 4 on 4
 TARGETS = {  # name: (classes, how the global batch's targets are made)
     'mixup': (50, dict(mixup_alpha=0.4, mode='elem', label_smoothing=0.1)),  # C >= 2N: the sparse path's columns
@@ -200,7 +204,8 @@ def test_global_batch_loss_is_exact_on_gloo(world_size, tmp_path):
             torch.testing.assert_close(torch.tensor(loss, dtype=torch.float64), reference.detach(), **tolerance,
                                        msg=lambda m: f'{variant}: {m}')
             torch.testing.assert_close(grad, reference_grad, **tolerance, msg=lambda m: f'{variant}: {m}')
-        for rank in range(world_size) if name in COMPARED_WITH_THE_ALL_GATHER else ():  # rank by rank as the earlier way
+        compared_ranks = range(world_size) if name in COMPARED_WITH_THE_ALL_GATHER else ()
+        for rank in compared_ranks:  # rank by rank the same loss as the earlier all-gather of logits
             new, old = results[rank][name][0], results[rank][name + ' (all-gather of logits)'][0]
             assert new == pytest.approx(old, rel=1e-5 if logits.dtype == torch.float32 else 1e-12), name
     for name, (reference, leaf) in reference_wrapped().items():
@@ -219,3 +224,36 @@ def test_global_batch_loss_is_exact_on_gloo(world_size, tmp_path):
         teacher = results[rank]['sparse with teacher targets']
         assert "rows of the global batch (every rank's) have three or more classes" in teacher
         assert "pass target_format='dense'" in teacher
+
+
+def summary_rows(folder):
+    with open(os.path.join(folder, 'summary.csv'), newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def test_torchrun_train_icm_matches_one_process_on_the_same_global_batch(tmp_path, fashion_mnist_dir):
+    """train_icm.py --icm-gather under torchrun: its per-epoch train loss (the mean of the ranks' losses)
+    is the single-process loss of the same global batch, step after step.
+
+    Matched by construction: the global batch is the whole training set (40 images, one step an
+    epoch; the loss is invariant to the order of the batch's rows, so the samplers' orders do not
+    matter), no augmentation, a model without batch statistics (a 1-block ViT: LayerNorm), and no
+    mixing (--mixup-prob 0: each rank's mixer pairs images within its own batch and draws its own
+    lambdas from seed + rank, which a single process cannot reproduce); the ICM loss then contrasts
+    the batch's classes (unmixed='icm')."""
+    flags = ['--dataset', 'torch/fashion_mnist', '--data-dir', fashion_mnist_dir, '--model', 'vit_tiny_patch16_224',
+             '--model-kwargs', 'img_size=28', 'patch_size=7', 'depth=1', '--num-classes', '10', '--in-chans', '1',
+             '--input-size', '1', '28', '28', '--mean', '0.286', '--std', '0.353', '--smoothing', '0', '--no-aug',
+             '--train-samples-per-class', '4', '--eval-samples-per-class', '2', '--mixup', '0.2', '--mixup-prob', '0',
+             '--icm', '--icm-gather', '--opt', 'sgd', '--lr', '0.02', '--weight-decay', '0', '--sched', 'step',
+             '--warmup-epochs', '0', '--epochs', '3', '-j', '0', '--seed', '0', '--output', str(tmp_path)]
+    single = subprocess.run([sys.executable, os.path.join(ROOT, 'train_icm.py'), *flags, '-b', '40',
+                             '--experiment', 'single'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+                          '29541', os.path.join(ROOT, 'train_icm.py'), *flags, '-b', '20', '--experiment', 'ddp'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stdout[-1000:] + ddp.stderr[-3000:]
+    losses = {name: [float(row['train_loss']) for row in summary_rows(tmp_path / name)] for name in ('single', 'ddp')}
+    assert len(losses['ddp']) == 3
+    assert losses['ddp'] == pytest.approx(losses['single'], rel=1e-5)

@@ -92,8 +92,8 @@ class InfiniteClassCrossEntropy(nn.Module):
             all_Y = batch.classifiers  # every target row, or its floor and two classes per row
             if self.unmixed == 'ce' and host_reads_are_free(S.device) and not any_row_mixed(all_Y):
                 return soft_target_cross_entropy(S, Y)  # no row mixed: the cross-entropy over the C classes
-            # Eq. 3: M[i, j] = S[i] . Y[j], image i under the interpolated classifier of row j; M = S @ Y.T over my
-            # images (every image when not gathering). Eq. 5 takes its rows, Eq. 7 its columns.
+            # Eq. 3: M[i, j] = S[i] . Y[j], image i under the interpolated classifier of row j. M[mine, :] = S @ Y_all.T
+            # (in one process the whole M). Eq. 5 takes its rows; Eq. 7 its columns, which continue on the other ranks.
             rows = columns = score_matrix(S, all_Y)
             if batch.all_logits is not None and self.axes != 'class':  # the earlier all-gather: Eq. 7 from every image
                 columns = score_matrix(batch.all_logits, all_Y[batch.offset:batch.offset + S.shape[0]])
