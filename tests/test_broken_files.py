@@ -602,16 +602,27 @@ if args.resume:
 '''
 
 
-@pytest.mark.parametrize('flag', ['--initial-checkpoint', '--resume'])
-def test_checkpoint_that_would_create_a_file_through_the_launcher(run_dir, tmp_path, flag):
-    """The launcher leaves checkpoints to the script; timm's loaders read them with ``weights_only=True``: nothing
-    of the file runs and timm's error names the refused global (timm's own error, not the launcher's one line)."""
+@pytest.mark.parametrize('form', ['--initial-checkpoint X', '--resume X', '--resume=X'])
+def test_checkpoint_that_would_create_a_file_through_the_launcher(run_dir, tmp_path, capsys, form):
+    """The launcher reads the checkpoint the script is given, safely, before the script runs: nothing of the file
+    runs, and the problem is one line naming the flag, the file and the refused global."""
     script = tmp_path / 'train.py'
     script.write_text(CHECKPOINT_SCRIPT)
     evil = file_creating_checkpoint(run_dir, tmp_path / 'evil.pth.tar', tmp_path / 'created')
-    with pytest.raises(RuntimeError, match='io.open'):
-        launch.main([str(script), flag, str(evil)])
+    argv = [str(script), *form.replace('X', str(evil)).split()]
+    flag = form.split()[0].split('=')[0]
+    one_line_error(capsys, lambda: launch.main(argv), f'{flag} {evil}: {REFUSED_CHECKPOINT}',
+                   prefix='python -m timm_icm.launch: error: ')
     assert not (tmp_path / 'created').exists()
+
+
+def test_launcher_hands_a_sound_checkpoint_to_the_script(run_dir, tmp_path):
+    script = tmp_path / 'train.py'
+    script.write_text(CHECKPOINT_SCRIPT + "open(args.initial_checkpoint + '.loaded', 'w').close()\n")
+    checkpoint = tmp_path / 'last.pth.tar'
+    shutil.copy(run_dir / 'last.pth.tar', checkpoint)
+    assert launch.run(str(script), ['--initial-checkpoint', str(checkpoint)]) == 0
+    assert os.path.exists(str(checkpoint) + '.loaded')
 
 
 # ----------------------------------------------------------------------------- analyze

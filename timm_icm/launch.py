@@ -55,7 +55,7 @@ from . import datasets as icm_datasets
 from .cli import ConfigError, add_icm_args, check_icm_args, coerce_config_value, read_config
 from .distributed import release_process_group
 from .factory import create_mixed_loss, logit_adjusted
-from .files import FileProblem, read_bytes
+from .files import FileProblem, load_checkpoint, read_bytes
 from .mixup import FastCollateInfiniteClassMixup, InfiniteClassMixup, mixing_on
 from .subsets import class_counts as count_classes
 
@@ -616,6 +616,7 @@ def run(script: str, argv: Sequence[str] = ()) -> int:
     """
     args, script_argv = parse_icm_args(argv)
     _check_script(script)
+    _check_checkpoints(script_argv)
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [script, *script_argv]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python script.py` does
@@ -633,6 +634,26 @@ def run(script: str, argv: Sequence[str] = ()) -> int:
         sys.argv = saved_argv
         sys.path[:] = saved_path
     return 0
+
+
+# The script's flags that name a checkpoint to load, as timm's train.py spells them.
+CHECKPOINT_FLAGS = ('--resume', '--initial-checkpoint')
+
+
+def _check_checkpoints(script_argv: Sequence[str]) -> None:
+    """A checkpoint the script will load must be a complete torch checkpoint that names nothing outside torch's
+    allow-list. timm's loaders would refuse such a pickle too (``weights_only``), but with a traceback; this
+    reads it the same safe way first, so that the problem is one line naming the file."""
+    for i, arg in enumerate(script_argv):
+        flag, equals, value = arg.partition('=')
+        if flag not in CHECKPOINT_FLAGS:
+            continue
+        path = value if equals else (script_argv[i + 1] if i + 1 < len(script_argv) else '')
+        if path:
+            try:
+                load_checkpoint(path, flag)
+            except FileProblem as e:
+                raise LaunchError(str(e)) from None
 
 
 def _check_script(script: str) -> None:
