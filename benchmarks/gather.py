@@ -243,7 +243,7 @@ def table(summaries, world_size, steps):
             r = out[way]
             if r['seconds'] is None:
                 lines.append(f'| {num_classes} | {global_batch} | {way} | {r["calls"]:.0f} | {human(r["sent"])} | '
-                             f'{human(r["received"])} |  | not run: over this machine\'s memory | |')
+                             f'{human(r["received"])} |  | not run (--new-only-batches): counted by formula | |')
                 continue
             lines.append(f'| {num_classes} | {global_batch} | {way} | {r["calls"]:.0f} | {human(r["sent"])} | '
                          f'{human(r["received"])} | {f"{ratio:,.0f}x" if way == "new" else ""} | '
