@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 FMNIST_DIR ?=
 DEBIAN_FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo venv clean data cifar
+.PHONY: test demo venv clean data cifar cifar-long
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,13 @@ data: venv
 CIFAR_BLOCKS ?= B1 B2 B3
 cifar: data
 	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar.py --blocks $(CIFAR_BLOCKS) --extras --seeds 3 --jobs 2
+	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar_classes.py
+	$(PY) benchmarks/cifar.py --report --readme docs/cifar.md > /dev/null
+
+# The converged suite (the long recipe, 200 epochs: tens of CPU hours; resumable, run folders in ~/.cache/timm-icm).
+LONG_BLOCKS ?= L1 L2 L3
+cifar-long: data
+	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar.py --recipe long --blocks $(LONG_BLOCKS) --extras --seeds 3 --jobs 2
 	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar_classes.py
 	$(PY) benchmarks/cifar.py --report --readme docs/cifar.md > /dev/null
 

@@ -117,7 +117,7 @@ PAIRS = [('IC-Mixup', 'Mixup'), ('IC-Remix', 'Remix'), ('IC-RegMixup', 'RegMixup
          ('IC-Mixup', 'ICM contrast, no mixing'), ('IC-Mixup (merge)', 'IC-Mixup'),
          ('IC-Mixup (merge) + LA', 'IC-Mixup (merge)'), ('IC-Mixup (class)', 'Mixup'), ('IC-Mixup (pair)', 'Mixup'),
          ('IC-Mixup', 'IC-Mixup (class)')]
-# A run of this (block, method, seed) evaluates every epoch: the learning curve the README shows.
+# A run of this (block, method, seed) evaluates every epoch: the learning curve docs/cifar.md shows.
 CURVE_RUN = ('B1', 'IC-Mixup', 0)
 LONG_EPOCHS = 200  # hparams/long/schedule.yaml (and the paper's)
 RUNS_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'timm-icm', 'cifar')

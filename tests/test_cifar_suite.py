@@ -191,7 +191,7 @@ def test_converged_report(tmp_path):
     extra = cifar_converged.report(rows, str(runs_dir), str(out))
     assert '| LT-CIFAR-10 0.01 | IC-Mixup | 3 | 60.00 | 72.50 | 73.00 | +0.50 |' in extra
     assert 'top-1 72.80 after 100 epochs, 72.50 after 200: less than a point: 200 epochs are enough' in extra
-    assert '| LT-CIFAR-10 0.01 | logit-adjusted loss | 77.9 | - |' in extra
+    assert '| LT-CIFAR-10 0.01 | logit-adjusted loss (LA) | 77.89 | - |' in extra
     # IC-Mixup − Mixup: quick 20, 21, 19 -> +20 +-2.48; converged +0.5, +0.5, -1 -> no clear difference
     assert ('| LT-CIFAR-10 0.01 | ICM over Mixup | IC-Mixup − Mixup | +20.00 [+17.52, +22.48] | '
             in extra and 'no clear difference at convergence (there was one in the quick suite)' in extra)
