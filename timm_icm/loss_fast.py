@@ -101,15 +101,17 @@ class MixedTargets:
         elif not bool(self.fits.all()):
             rows = (~self.fits).nonzero().flatten().tolist()
             which = 'rows' if target is not None else "rows of the global batch (every rank's)"
-            first = (f'{int((target[rows[0]] > self.floor[rows[0]]).sum())} classes' if target is not None
-                     else 'the first')
+            first = (f'row {rows[0]}: {int((target[rows[0]] > self.floor[rows[0]]).sum())} classes'
+                     if target is not None else f'the first: row {rows[0]}')
+            uses = 'takes the sparse path at this size' if target is not None else \
+                'sends every rank\'s targets as a floor plus two classes a row'
             chosen = {'sparse': "target_format='sparse'",
-                      'auto': "target_format='auto', which found the first batch's targets mixed by timm and "
-                              "so takes the sparse path at this size"}[target_format]
+                      'auto': f"target_format='auto', which found the first batch's targets mixed by timm and "
+                              f"so {uses}"}[target_format]
             raise ValueError(
                 f'InfiniteClassCrossEntropy with {chosen} got soft targets that are not a floor plus at most two '
                 f'classes per row: {len(rows)} of {len(self)} {which} have three or more classes above their minimum '
-                f'(row {rows[0]}: {first}). Only targets mixed by timm\'s Mixup/CutMix (from two images, '
+                f'({first}). Only targets mixed by timm\'s Mixup/CutMix (from two images, '
                 f'label smoothing allowed) have that form; for any other soft targets (a teacher\'s distribution, '
                 f'mixing of more than two images) pass target_format=\'dense\'.')
 
