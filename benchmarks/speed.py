@@ -1,0 +1,194 @@
+"""How fast a CIFAR training step runs on one CPU thread: the long recipe's choices, measured before its hours.
+
+    OMP_NUM_THREADS=1 python benchmarks/speed.py [--rounds 5] [--steps 8] [--data-dir data] [--out benchmarks/results]
+
+ResNet-20 at 32x32, batch 128, LT-CIFAR-10 0.01 with the paper's augmentation and IC-Mixup (the long recipe's
+first block), in images per second of:
+
+1. the loader alone: today's (a PIL image per sample through crop, flip and rotation, timm's fast collate and
+   the mixer), against the same augmentation on a batch of uint8 tensors (one affine ``grid_sample`` per batch);
+2. the training step alone (forward, ICM loss, backward, SGD) on a fixed batch: eager, channels-last,
+   ``torch.compile`` (inductor), both, and bfloat16 autocast (for scale only: it changes the arithmetic);
+3. the whole step (loader and step) as ``train_icm.py`` runs it: eager against compiled.
+
+The variants take turns within each round, so that the machine's drift hits all of them alike; each figure is
+the median over the rounds, and each ratio the median of the per-round ratios to the first variant of its
+table. Writes ``speed.md`` and ``speed.csv`` into ``--out``.
+"""
+import argparse
+import csv
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, Iterator, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import timm  # noqa: E402
+import train_icm  # noqa: E402
+from timm.data import resolve_data_config  # noqa: E402
+from timm_icm import cli  # noqa: E402
+from timm_icm.factory import create_mixer, create_train_loss  # noqa: E402
+from timm_icm.mixup import InfiniteClassMixup  # noqa: E402
+
+from stats import cpu_name, git_commit  # noqa: E402
+
+BATCH = 128
+
+
+def recipe_args(data_dir: str):
+    argv = ['-c', os.path.join(ROOT, 'hparams', 'cpu', 'cifar10_resnet20.yaml'),
+            '-c', os.path.join(ROOT, 'hparams', 'long', 'schedule.yaml'),
+            '-c', os.path.join(ROOT, 'hparams', 'methods', 'icmixup.yaml'),
+            '--imbalance-ratio', '0.01', '--data-dir', data_dir, '--seed', '0']
+    args, _ = cli.parse_args(argv)
+    args.prefetcher, args.distributed, args.world_size, args.rank = True, False, 1, 0
+    return args
+
+
+def endless(loader) -> Iterator:
+    while True:
+        yield from loader
+
+
+class BatchAugment:
+    """The paper's augmentation on a batch of uint8 images: random crop with zero padding 4, horizontal flip,
+    rotation within +-15 degrees (nearest), as one affine map per image and one ``grid_sample``."""
+
+    def __init__(self, images: torch.Tensor, mean, std, padding: int = 4, degrees: float = 15.0):
+        self.images, self.padding, self.degrees = images, padding, degrees  # [N, 3, H, W] uint8
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std).view(1, -1, 1, 1) * 255
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        x = self.images[index].float()
+        n, _, h, w = x.shape
+        angle = (torch.rand(n) * 2 - 1) * math.radians(self.degrees)
+        flip = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
+        shift = torch.randint(-self.padding, self.padding + 1, (n, 2)).float() * 2 / torch.tensor([w, h])
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                             torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode='nearest', padding_mode='zeros', align_corners=False)
+        return (x - self.mean) / self.std
+
+
+def step_fn(model: torch.nn.Module, loss_fn, channels_last: bool = False, bf16: bool = False) -> Callable:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def new_model(compile_: bool = False, channels_last: bool = False) -> torch.nn.Module:
+    model = timm.create_model('resnet20_cifar', num_classes=10)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile_ else model
+
+
+def rate(work: Callable[[], None], steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        work()
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+def measure(variants: Dict[str, Callable[[], None]], rounds: int, steps: int) -> Dict[str, Tuple[float, float]]:
+    """Each variant's median images/s over the rounds and its median per-round ratio to the first variant."""
+    for work in variants.values():  # warm-up (and compilation)
+        for _ in range(3):
+            work()
+    rates: Dict[str, List[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, work in variants.items():
+            rates[name].append(rate(work, steps))
+    first = rates[next(iter(rates))]
+    return {name: (statistics.median(r), statistics.median(a / b for a, b in zip(r, first)))
+            for name, r in rates.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--steps', type=int, default=8, help='batches per variant and round')
+    parser.add_argument('--data-dir', default=os.path.join(ROOT, 'data'))
+    parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results'))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    if not os.path.exists(os.path.join(args.data_dir, 'cifar-10-batches-py')):
+        print(f'speed.py: no CIFAR-10 in {args.data_dir}: run `make data` first', file=sys.stderr)
+        return 2
+
+    config = recipe_args(args.data_dir)
+    train_set, _, counts = train_icm.build_datasets(config)
+    data_config = resolve_data_config(vars(config), model=new_model())
+    collate = create_mixer(config, 10, counts, collate=True)
+    loader, _ = train_icm.build_loaders(config, data_config, train_set, None, collate, torch.device('cpu'))
+    loss_fn = create_train_loss(config, counts)
+    batches = endless(loader)
+    images = torch.from_numpy(train_set.dataset.data[train_set.indices]).permute(0, 3, 1, 2).contiguous()
+    labels = torch.as_tensor([train_set.dataset.targets[i] for i in train_set.indices])
+    augment = BatchAugment(images, data_config['mean'], data_config['std'])
+    mixer = InfiniteClassMixup(mixup_alpha=config.mixup, mode='batch', num_classes=10, label_smoothing=0.0)
+
+    def tensor_batch():
+        index = torch.randint(len(labels), (BATCH,))
+        return mixer(augment(index), labels[index])
+
+    x, y = next(batches)
+    steps = {'eager': step_fn(new_model(), loss_fn),
+             'channels-last': step_fn(new_model(channels_last=True), loss_fn, channels_last=True),
+             'torch.compile': step_fn(new_model(compile_=True), loss_fn),
+             'torch.compile + channels-last': step_fn(new_model(True, True), loss_fn, channels_last=True),
+             'bfloat16 autocast (changes the arithmetic)': step_fn(new_model(), loss_fn, bf16=True)}
+    eager, compiled = step_fn(new_model(), loss_fn), step_fn(new_model(compile_=True), loss_fn)
+    tables = {
+        'loader alone': measure({'PIL per image (today)': lambda: next(batches),
+                                 'uint8 tensors, augmentation on the batch': tensor_batch}, args.rounds, args.steps),
+        'training step alone': measure({name: (lambda s=s: s(x, y)) for name, s in steps.items()},
+                                       args.rounds, args.steps),
+        'whole step (loader + step)': measure({'eager (cpu recipe)': lambda: eager(*next(batches)),
+                                               'torch.compile (long recipe)': lambda: compiled(*next(batches))},
+                                              args.rounds, args.steps),
+    }
+    commit, device = git_commit(ROOT), cpu_name()
+    lines = [f'ResNet-20, 32x32, batch {BATCH}, LT-CIFAR-10 0.01 with IC-Mixup, one thread '
+             f'(`OMP_NUM_THREADS=1 python benchmarks/speed.py --rounds {args.rounds} --steps {args.steps}`); '
+             f'commit {commit}, {device}, torch {torch.__version__}. Median over {args.rounds} rounds of '
+             f'{args.steps} batches; ratio: median per-round ratio to the first row of its table.', '',
+             '| what | variant | images/s | ratio |', '|---|---|---|---|']
+    rows = []
+    for table, results in tables.items():
+        for name, (per_second, ratio) in results.items():
+            lines.append(f'| {table} | {name} | {per_second:.0f} | {ratio:.2f} |')
+            rows.append({'table': table, 'variant': name, 'images_per_s': round(per_second, 1),
+                         'ratio': round(ratio, 3), 'commit': commit, 'device': device})
+    text = '\n'.join(lines) + '\n'
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'speed.md'), 'w') as f:
+        f.write(text)
+    with open(os.path.join(args.out, 'speed.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
