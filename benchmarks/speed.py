@@ -36,6 +36,7 @@ from timm_icm import cli  # noqa: E402
 from timm_icm.factory import create_mixer, create_train_loss  # noqa: E402
 from timm_icm.mixup import InfiniteClassMixup  # noqa: E402
 
+from cifar import splice_page  # noqa: E402
 from stats import cpu_name, git_commit  # noqa: E402
 
 BATCH = 128
@@ -127,6 +128,9 @@ def main(argv=None) -> int:
     parser.add_argument('--steps', type=int, default=8, help='batches per variant and round')
     parser.add_argument('--data-dir', default=os.path.join(ROOT, 'data'))
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results'))
+    parser.add_argument('--readme', default=None,
+                        help='also put the table into this Markdown page, between <!-- speed.md --> and '
+                             '<!-- /speed.md --> (docs/cifar.md)')
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -167,10 +171,10 @@ def main(argv=None) -> int:
                                               args.rounds, args.steps),
     }
     commit, device = git_commit(ROOT), cpu_name()
-    lines = [f'ResNet-20, 32x32, batch {BATCH}, LT-CIFAR-10 0.01 with IC-Mixup, one thread '
-             f'(`OMP_NUM_THREADS=1 python benchmarks/speed.py --rounds {args.rounds} --steps {args.steps}`); '
-             f'commit {commit}, {device}, torch {torch.__version__}. Median over {args.rounds} rounds of '
-             f'{args.steps} batches; ratio: median per-round ratio to the first row of its table.', '',
+    lines = [f'Made by `OMP_NUM_THREADS=1 python benchmarks/speed.py --rounds {args.rounds} --steps {args.steps}`.', '',
+             f'ResNet-20, 32x32, batch {BATCH}, LT-CIFAR-10 0.01 with IC-Mixup, one thread; commit {commit}, '
+             f'{device}, torch {torch.__version__}. Median over {args.rounds} rounds of {args.steps} batches; ratio: '
+             f'the median per-round ratio to the first row of its table.', '',
              '| what | variant | images/s | ratio |', '|---|---|---|---|']
     rows = []
     for table, results in tables.items():
@@ -187,6 +191,8 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    if args.readme:
+        splice_page(args.readme, 'speed', text)
     return 0
 
 
