@@ -59,7 +59,7 @@ class InfiniteClassCrossEntropy(nn.Module):
         unmixed: what a batch without any mixed row (``--mixup-prob`` < 1, ``--mixup-off-epoch``)
             gets: ``'icm'`` (default), the same contrast over the classes present in the batch;
             ``'ce'``, the soft-target cross-entropy over the original classes. The default is
-            measured: ``benchmarks/gains.py``, the README's "What ICM gains". On accelerators (and
+            measured: ``benchmarks/gains.py``, docs/fashion-mnist.md. On accelerators (and
             inside ``torch.compile``) nothing is read on the host: both branches are computed and one
             is selected on the device; on the CPU only the branch in use is computed.
     """
