@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 import train_icm
 from timm_icm import InfiniteClassCrossEntropy, InfiniteClassMixup
+from timm_icm.files import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = ['--dataset', 'torch/fashion_mnist', '--model', 'resnet20_cifar', '--num-classes', '10',
@@ -93,8 +94,7 @@ def test_resume_after_sigkill(tmp_path, fashion_mnist_dir):
     uninterrupted = subprocess.run([a if a != 'kill' else 'through' for a in cmd], cwd=ROOT, capture_output=True,
                                    text=True, timeout=300)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
-    weights = [torch.load(tmp_path / name / 'last.pth.tar', map_location='cpu', weights_only=True)['state_dict']
-               for name in ('kill', 'through')]
+    weights = [load_checkpoint(str(tmp_path / name / 'last.pth.tar'))['state_dict'] for name in ('kill', 'through')]
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
