@@ -97,8 +97,8 @@ def main(argv=None) -> int:
             append_row(calibration_path, {**names, **calibration}, CALIBRATION_FIELDS)
         print(f'{os.path.basename(run_dir)}: top-1 {top1:.2f} (recorded {row["top1"]:.2f})', flush=True)
     if missing:
-        print(f'{len(missing)} runs of cifar.csv have no folder with last.pth.tar in {args.runs_dir}: '
-              + ', '.join(missing))
+        print(f'{len(missing)} runs of cifar.csv have no folder with last.pth.tar in {args.runs_dir} (skipped), '
+              f'e.g. {", ".join(missing[:3])}')
     return 0
 
 

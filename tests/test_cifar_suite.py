@@ -189,7 +189,7 @@ def test_converged_report(tmp_path):
     assert '### L1: LT-CIFAR-10 0.01 (200 epochs' in text and 'B1' not in text and '| ERM | 3 |' in text
     assert '| IC-Mixup | 3 | 73.00 ± 0.50 |' in text  # the check's 72.8 is not one of the seeds
     extra = cifar_converged.report(rows, str(runs_dir), str(out))
-    assert '| LT-CIFAR-10 0.01 | IC-Mixup | 3 | 60.00 | 72.50 | 73.00 | +0.50 |' in extra
+    assert '| LT-CIFAR-10 0.01 | IC-Mixup | 3 | 60.00 | 72.50 | 73.00 | +0.50 | 0.50 |' in extra
     assert 'top-1 72.80 after 100 epochs, 72.50 after 200: less than a point: 200 epochs are enough' in extra
     assert '| LT-CIFAR-10 0.01 | logit-adjusted loss (LA) | 77.89 | - |' in extra
     # IC-Mixup − Mixup: quick 20, 21, 19 -> +20 +-2.48; converged +0.5, +0.5, -1 -> no clear difference
