@@ -183,13 +183,15 @@ def test_converged_report(tmp_path):
     out.mkdir()
     for r in converged:
         write_curve(runs_dir, cifar.Run('L1', r['setting'], r['method'], r['seed']), {100: 60.0, 150: r['top1'] - 0.5,
+                                                                                      180: r['top1'] - 1,
+                                                                                      190: r['top1'] - 0.5,
                                                                                       200: r['top1']})
     write_curve(runs_dir, cifar.SCHEDULE_CHECK, {100: 72.8})
     text = cifar.report(rows, 'long')
     assert '### L1: LT-CIFAR-10 0.01 (200 epochs' in text and 'B1' not in text and '| ERM | 3 |' in text
     assert '| IC-Mixup | 3 | 73.00 ± 0.50 |' in text  # the check's 72.8 is not one of the seeds
     extra = cifar_converged.report(rows, str(runs_dir), str(out))
-    assert '| LT-CIFAR-10 0.01 | IC-Mixup | 3 | 60.00 | 72.50 | 73.00 | +0.50 | 0.50 |' in extra
+    assert '| LT-CIFAR-10 0.01 | IC-Mixup | 3 | 60.00 | 72.50 | 73.00 | +0.50 | 1.00 | 72.50 |' in extra
     assert 'top-1 72.80 after 100 epochs, 72.50 after 200: less than a point: 200 epochs are enough' in extra
     assert '| LT-CIFAR-10 0.01 | logit-adjusted loss (LA) | 77.89 | - |' in extra
     # IC-Mixup − Mixup: quick 20, 21, 19 -> +20 +-2.48; converged +0.5, +0.5, -1 -> no clear difference
