@@ -14,12 +14,18 @@ first block), in images per second of:
 The variants take turns within each round, so that the machine's drift hits all of them alike; each figure is
 the median over the rounds, and each ratio the median of the per-round ratios to the first variant of its
 table. Writes ``speed.md`` and ``speed.csv`` into ``--out``.
+
+``--allocators`` measures instead the compiled whole step under each memory allocator (glibc's malloc, tcmalloc,
+jemalloc through ``LD_PRELOAD``), one process per allocator and round, taking turns; it writes
+``speed-allocator.md``. An allocator only places the same tensors elsewhere in memory: the arithmetic is the same.
 """
 import argparse
 import csv
+import ctypes.util
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, Dict, Iterator, List, Tuple
@@ -40,6 +46,8 @@ from cifar import splice_page  # noqa: E402
 from stats import cpu_name, git_commit  # noqa: E402
 
 BATCH = 128
+# Allocators to preload, by the name ctypes.util.find_library knows them (Debian: libtcmalloc-minimal4, libjemalloc2).
+ALLOCATORS = {"glibc malloc (default)": None, 'tcmalloc': 'tcmalloc_minimal', 'jemalloc': 'jemalloc'}
 
 
 def recipe_args(data_dir: str):
@@ -122,29 +130,104 @@ def measure(variants: Dict[str, Callable[[], None]], rounds: int, steps: int) ->
             for name, r in rates.items()}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--rounds', type=int, default=5)
-    parser.add_argument('--steps', type=int, default=8, help='batches per variant and round')
-    parser.add_argument('--data-dir', default=os.path.join(ROOT, 'data'))
-    parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results'))
-    parser.add_argument('--readme', default=None,
-                        help='also put the table into this Markdown page, between <!-- speed.md --> and '
-                             '<!-- /speed.md --> (docs/cifar.md)')
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    if not os.path.exists(os.path.join(args.data_dir, 'cifar-10-batches-py')):
-        print(f'speed.py: no CIFAR-10 in {args.data_dir}: run `make data` first', file=sys.stderr)
-        return 2
-
-    config = recipe_args(args.data_dir)
+def whole_step(data_dir: str, compile_: bool = True) -> Tuple[Callable[[], None], Dict]:
+    """One training step as train_icm.py's long recipe runs it (loader, mixer, ICM loss, SGD), and the pieces
+    the step-alone variants need."""
+    config = recipe_args(data_dir)
     train_set, _, counts = train_icm.build_datasets(config)
     data_config = resolve_data_config(vars(config), model=new_model())
     collate = create_mixer(config, 10, counts, collate=True)
     loader, _ = train_icm.build_loaders(config, data_config, train_set, None, collate, torch.device('cpu'))
     loss_fn = create_train_loss(config, counts)
     batches = endless(loader)
+    step = step_fn(new_model(compile_=compile_), loss_fn)
+    parts = dict(config=config, train_set=train_set, data_config=data_config, loss_fn=loss_fn, batches=batches)
+    return (lambda: step(*next(batches))), parts
+
+
+def allocator_table(args) -> Tuple[List[str], List[Dict]]:
+    """The compiled whole step under each allocator: one child process per allocator and round, taking turns."""
+    found = {name: (ctypes.util.find_library(lib) if lib else '') for name, lib in ALLOCATORS.items()}
+    rates: Dict[str, List[float]] = {name: [] for name, lib in found.items() if lib is not None}
+    for _ in range(args.rounds):
+        for name in rates:
+            env = dict(os.environ, OMP_NUM_THREADS='1', LD_PRELOAD=found[name])
+            child = subprocess.run([sys.executable, os.path.abspath(__file__), '--child-whole-step', '--steps',
+                                    str(args.steps), '--data-dir', args.data_dir], env=env, capture_output=True,
+                                   text=True)
+            if child.returncode != 0:
+                sys.exit(f'speed.py: the whole step with {name} failed: {child.stderr.strip().splitlines()[-1:]}')
+            rates[name].append(float(child.stdout.split()[-1]))
+    first = rates[next(iter(rates))]
+    lines = ['| allocator | images/s | ratio |', '|---|---|---|']
+    rows = []
+    for name, r in rates.items():
+        ratio = statistics.median(a / b for a, b in zip(r, first))
+        lines.append(f'| {name} | {statistics.median(r):.0f} | {ratio:.2f} |')
+        rows.append({'table': 'whole step, allocator', 'variant': name, 'images_per_s': round(statistics.median(r), 1),
+                     'ratio': round(ratio, 3)})
+    lines += [f'| {name} | - | not installed |' for name, lib in found.items() if lib is None]
+    return lines, rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--steps', type=int, default=8, help='batches per variant and round')
+    parser.add_argument('--allocators', action='store_true',
+                        help='only the compiled whole step under each memory allocator (speed-allocator.md)')
+    parser.add_argument('--child-whole-step', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--data-dir', default=os.path.join(ROOT, 'data'))
+    parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results'))
+    parser.add_argument('--readme', default=None,
+                        help='also put the table into this Markdown page, between <!-- speed.md --> and '
+                             '<!-- /speed.md --> (docs/cifar.md; <!-- speed-allocator.md --> with --allocators)')
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    if not os.path.exists(os.path.join(args.data_dir, 'cifar-10-batches-py')):
+        print(f'speed.py: no CIFAR-10 in {args.data_dir}: run `make data` first', file=sys.stderr)
+        return 2
+    commit, device = git_commit(ROOT), cpu_name()
+    if args.child_whole_step:
+        work, _ = whole_step(args.data_dir)
+        for _ in range(3):  # warm-up and compilation
+            work()
+        print(f'{statistics.median(rate(work, args.steps) for _ in range(3)):.2f}')
+        return 0
+    if args.allocators:
+        stem = 'speed-allocator'
+        table, rows = allocator_table(args)
+        lines = [f'Made by `python benchmarks/speed.py --allocators --rounds {args.rounds} --steps {args.steps}`.', '',
+                 f'The long recipe\'s compiled whole step (ResNet-20, 32x32, batch {BATCH}, LT-CIFAR-10 0.01 with '
+                 f'IC-Mixup, one thread) under each allocator, preloaded with `LD_PRELOAD`; commit {commit}, {device}, '
+                 f'torch {torch.__version__}. One process per allocator and round, taking turns; images/s: the median '
+                 f'over {args.rounds} rounds of each process\'s median of 3 x {args.steps} batches; ratio: the median '
+                 f'per-round ratio to the first row.', ''] + table
+    else:
+        stem = 'speed'
+        lines, rows = step_tables(args)
+    for row in rows:
+        row.update(commit=commit, device=device)
+    text = '\n'.join(lines) + '\n'
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f'{stem}.md'), 'w') as f:
+        f.write(text)
+    with open(os.path.join(args.out, f'{stem}.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    if args.readme:
+        splice_page(args.readme, stem, text)
+    return 0
+
+
+def step_tables(args) -> Tuple[List[str], List[Dict]]:
+    """The loader, the step alone and the whole step: each table's variants take turns in every round."""
+    whole_compiled, parts = whole_step(args.data_dir)
+    config, train_set, data_config = parts['config'], parts['train_set'], parts['data_config']
+    loss_fn, batches = parts['loss_fn'], parts['batches']
     images = torch.from_numpy(train_set.dataset.data[train_set.indices]).permute(0, 3, 1, 2).contiguous()
     labels = torch.as_tensor([train_set.dataset.targets[i] for i in train_set.indices])
     augment = BatchAugment(images, data_config['mean'], data_config['std'])
@@ -160,40 +243,28 @@ def main(argv=None) -> int:
              'torch.compile': step_fn(new_model(compile_=True), loss_fn),
              'torch.compile + channels-last': step_fn(new_model(True, True), loss_fn, channels_last=True),
              'bfloat16 autocast (changes the arithmetic)': step_fn(new_model(), loss_fn, bf16=True)}
-    eager, compiled = step_fn(new_model(), loss_fn), step_fn(new_model(compile_=True), loss_fn)
+    eager = step_fn(new_model(), loss_fn)
     tables = {
         'loader alone': measure({'PIL per image (today)': lambda: next(batches),
                                  'uint8 tensors, augmentation on the batch': tensor_batch}, args.rounds, args.steps),
         'training step alone': measure({name: (lambda s=s: s(x, y)) for name, s in steps.items()},
                                        args.rounds, args.steps),
         'whole step (loader + step)': measure({'eager (cpu recipe)': lambda: eager(*next(batches)),
-                                               'torch.compile (long recipe)': lambda: compiled(*next(batches))},
+                                               'torch.compile (long recipe)': whole_compiled},
                                               args.rounds, args.steps),
     }
-    commit, device = git_commit(ROOT), cpu_name()
     lines = [f'Made by `OMP_NUM_THREADS=1 python benchmarks/speed.py --rounds {args.rounds} --steps {args.steps}`.', '',
-             f'ResNet-20, 32x32, batch {BATCH}, LT-CIFAR-10 0.01 with IC-Mixup, one thread; commit {commit}, '
-             f'{device}, torch {torch.__version__}. Median over {args.rounds} rounds of {args.steps} batches; ratio: '
-             f'the median per-round ratio to the first row of its table.', '',
+             f'ResNet-20, 32x32, batch {BATCH}, LT-CIFAR-10 0.01 with IC-Mixup, one thread; commit '
+             f'{git_commit(ROOT)}, {cpu_name()}, torch {torch.__version__}. Median over {args.rounds} rounds of '
+             f'{args.steps} batches; ratio: the median per-round ratio to the first row of its table.', '',
              '| what | variant | images/s | ratio |', '|---|---|---|---|']
     rows = []
     for table, results in tables.items():
         for name, (per_second, ratio) in results.items():
             lines.append(f'| {table} | {name} | {per_second:.0f} | {ratio:.2f} |')
             rows.append({'table': table, 'variant': name, 'images_per_s': round(per_second, 1),
-                         'ratio': round(ratio, 3), 'commit': commit, 'device': device})
-    text = '\n'.join(lines) + '\n'
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'speed.md'), 'w') as f:
-        f.write(text)
-    with open(os.path.join(args.out, 'speed.csv'), 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    if args.readme:
-        splice_page(args.readme, 'speed', text)
-    return 0
+                         'ratio': round(ratio, 3)})
+    return lines, rows
 
 
 if __name__ == '__main__':
