@@ -130,7 +130,7 @@ def measure(variants: Dict[str, Callable[[], None]], rounds: int, steps: int) ->
             for name, r in rates.items()}
 
 
-def whole_step(data_dir: str, compile_: bool = True) -> Tuple[Callable[[], None], Dict]:
+def whole_step(data_dir: str) -> Tuple[Callable[[], None], Dict]:
     """One training step as train_icm.py's long recipe runs it (loader, mixer, ICM loss, SGD), and the pieces
     the step-alone variants need."""
     config = recipe_args(data_dir)
@@ -140,7 +140,7 @@ def whole_step(data_dir: str, compile_: bool = True) -> Tuple[Callable[[], None]
     loader, _ = train_icm.build_loaders(config, data_config, train_set, None, collate, torch.device('cpu'))
     loss_fn = create_train_loss(config, counts)
     batches = endless(loader)
-    step = step_fn(new_model(compile_=compile_), loss_fn)
+    step = step_fn(new_model(compile_=True), loss_fn)
     parts = dict(config=config, train_set=train_set, data_config=data_config, loss_fn=loss_fn, batches=batches)
     return (lambda: step(*next(batches))), parts
 
@@ -188,13 +188,13 @@ def main(argv=None) -> int:
     if not os.path.exists(os.path.join(args.data_dir, 'cifar-10-batches-py')):
         print(f'speed.py: no CIFAR-10 in {args.data_dir}: run `make data` first', file=sys.stderr)
         return 2
-    commit, device = git_commit(ROOT), cpu_name()
     if args.child_whole_step:
         work, _ = whole_step(args.data_dir)
         for _ in range(3):  # warm-up and compilation
             work()
         print(f'{statistics.median(rate(work, args.steps) for _ in range(3)):.2f}')
         return 0
+    commit, device = git_commit(ROOT), cpu_name()
     if args.allocators:
         stem = 'speed-allocator'
         table, rows = allocator_table(args)
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
                  f'per-round ratio to the first row.', ''] + table
     else:
         stem = 'speed'
-        lines, rows = step_tables(args)
+        lines, rows = step_tables(args, commit, device)
     for row in rows:
         row.update(commit=commit, device=device)
     text = '\n'.join(lines) + '\n'
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def step_tables(args) -> Tuple[List[str], List[Dict]]:
+def step_tables(args, commit: str, device: str) -> Tuple[List[str], List[Dict]]:
     """The loader, the step alone and the whole step: each table's variants take turns in every round."""
     whole_compiled, parts = whole_step(args.data_dir)
     config, train_set, data_config = parts['config'], parts['train_set'], parts['data_config']
@@ -255,7 +255,7 @@ def step_tables(args) -> Tuple[List[str], List[Dict]]:
     }
     lines = [f'Made by `OMP_NUM_THREADS=1 python benchmarks/speed.py --rounds {args.rounds} --steps {args.steps}`.', '',
              f'ResNet-20, 32x32, batch {BATCH}, LT-CIFAR-10 0.01 with IC-Mixup, one thread; commit '
-             f'{git_commit(ROOT)}, {cpu_name()}, torch {torch.__version__}. Median over {args.rounds} rounds of '
+             f'{commit}, {device}, torch {torch.__version__}. Median over {args.rounds} rounds of '
              f'{args.steps} batches; ratio: the median per-round ratio to the first row of its table.', '',
              '| what | variant | images/s | ratio |', '|---|---|---|---|']
     rows = []
