@@ -113,8 +113,9 @@ def convergence(rows: List[Dict], curves: Sequence[Dict]) -> str:
                   'epochs 50, 100 and 150), the change over the last 50 epochs, and how far the evaluations of '
                   'those epochs (every 10th) spread (max − min): a change within that spread is the noise of '
                   'one evaluation, not a trend; then the mean of the last three evaluations, a steadier figure '
-                  'than the last one alone (the tables above report the last epoch, as the paper does). Curves: `benchmarks/results/cifar-curves-long.png`, every 10 '
-                  'epochs of every run in `benchmarks/results/cifar-curves-long.csv`.', '',
+                  'than the last one alone (the tables above report the last epoch, as the paper does). '
+                  'Curves: `benchmarks/results/cifar-curves-long.png`, every 10 epochs of every run in '
+                  '`benchmarks/results/cifar-curves-long.csv`.', '',
                   '| setting | method | seeds | 100 | 150 | 200 | last 50 epochs | spread of epochs 150-200 '
                   '| mean of epochs 180-200 |',
                   '|---|---|---|---|---|---|---|---|---|']
