@@ -199,6 +199,9 @@ def test_converged_report(tmp_path):
             in extra and 'no clear difference at convergence (there was one in the quick suite)' in extra)
     # Mixup − ERM: quick -10 [-12.5, -6.2...], converged +2 +2 +3.5 -> reverses
     assert 'reverses (gain at convergence)' in extra
+    assert 'provisional' not in extra
+    two_seeds = [r for r in rows if not (r['recipe'] == 'long' and r['seed'] == 2)]
+    assert 'reverses (gain at convergence); provisional, 2 of 3 seeds' in cifar_converged.survival(two_seeds)
     assert (out / 'cifar-curves-long.csv').exists()
     import shutil
     shutil.rmtree(runs_dir)
