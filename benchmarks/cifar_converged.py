@@ -203,7 +203,7 @@ def survival(rows: List[Dict]) -> str:
                           '|---|---|---|---|---|---|']
             outcome = verdict(t_interval(quick) if len(quick) >= 2 else None, t_interval(converged),
                               lower_is_better=column == 'ece')
-            if len(converged) < len(quick):  # two seeds give a t-interval ~4.5x wider than three: no verdict yet
+            if len(converged) < len(quick):  # at equal spread, two seeds give a t-interval 3.6x wider than three
                 outcome += f'; provisional, {len(converged)} of {len(quick)} seeds'
             lines.append(f'| {setting} | {name} | {a} − {b} | {paired_interval(quick)} | '
                          f'{paired_interval(converged)} | {outcome} |')
