@@ -7,7 +7,8 @@
   is not here is skipped.
 - The README's commands exist: each ``make`` target is in the Makefile, each ``python`` entry point
   answers ``--help``, each ``hparams/`` file it names is there.
-- The headline table is the CSV it came from: each row is recomputed from benchmarks/results/*.csv.
+- Each headline table (converged runs, quick suite) is the CSV it came from: each row is recomputed
+  from benchmarks/results/*.csv.
 """
 import contextlib
 import io
@@ -205,27 +206,33 @@ HEADLINE = re.compile(r'<!-- headline: (\S+), recipe (\w+) -->\n(.*?)<!-- /headl
 
 
 def test_readme_headline_table_is_the_csv_it_came_from():
+    """Every headline table (one per recipe: the converged runs, the quick suite) is recomputed from its CSV,
+    and the text between it and the table before names its recipe."""
     text = README.read_text()
-    match = HEADLINE.search(text)
-    assert match, 'README.md has no <!-- headline: CSV, recipe R --> table'
-    csv_path, recipe, table = match.groups()
-    assert f'`{recipe}` recipe' in text[:match.start()], f'the README does not say the headline is the {recipe} recipe'
-    rows = [r for r in cifar.read_rows(str(ROOT / csv_path))
-            if r['recipe'] == recipe and not cifar.is_schedule_check(r)]  # the half-schedule run is no cell
-    body = [line for line in table.splitlines() if line.startswith('|')][2:]
-    assert body, 'the headline table has no rows'
-    wrong = []
-    for line in body:
-        setting, comparison, seeds, difference, paper = [c.strip() for c in line.strip('|').split('|')]
-        a, b = comparison.split(' − ')
-        b = b[1:-1] if b.startswith('(') and b.endswith(')') else b
-        assert setting in cifar.SETTINGS, f'{setting!r} is not a setting of benchmarks/cifar.py'
-        by_seed = {(r['method'], r['seed']): r['top1'] for r in rows if r['setting'] == setting}
-        diffs = paired_diffs(by_seed, a, b)
-        numbers, deltas = cifar.SETTINGS[setting].paper, cifar.SETTINGS[setting].paper_deltas
-        delta = (f'{numbers[a] - numbers[b]:+.2f}' if a in numbers and b in numbers
-                 else f'{deltas[(a, b)]:+.2f}' if (a, b) in deltas else '-')
-        expected = [str(len(diffs)), paired_interval(diffs), delta]
-        if [seeds, difference, paper] != expected:
-            wrong.append(f'{setting}, {comparison}: README {[seeds, difference, paper]}, {csv_path} {expected}')
+    matches = list(HEADLINE.finditer(text))
+    assert matches, 'README.md has no <!-- headline: CSV, recipe R --> table'
+    wrong, previous_end = [], 0
+    for match in matches:
+        csv_path, recipe, table = match.groups()
+        assert f'`{recipe}` recipe' in text[previous_end:match.start()], \
+            f'the README does not say that the headline table at offset {match.start()} is the {recipe} recipe'
+        previous_end = match.end()
+        rows = [r for r in cifar.read_rows(str(ROOT / csv_path))
+                if r['recipe'] == recipe and not cifar.is_schedule_check(r)]  # the half-schedule run is no cell
+        body = [line for line in table.splitlines() if line.startswith('|')][2:]
+        assert body, f'the {recipe} headline table has no rows'
+        for line in body:
+            setting, comparison, seeds, difference, paper = [c.strip() for c in line.strip('|').split('|')]
+            a, b = comparison.split(' − ')
+            b = b[1:-1] if b.startswith('(') and b.endswith(')') else b
+            assert setting in cifar.SETTINGS, f'{setting!r} is not a setting of benchmarks/cifar.py'
+            by_seed = {(r['method'], r['seed']): r['top1'] for r in rows if r['setting'] == setting}
+            diffs = paired_diffs(by_seed, a, b)
+            numbers, deltas = cifar.SETTINGS[setting].paper, cifar.SETTINGS[setting].paper_deltas
+            delta = (f'{numbers[a] - numbers[b]:+.2f}' if a in numbers and b in numbers
+                     else f'{deltas[(a, b)]:+.2f}' if (a, b) in deltas else '-')
+            expected = [str(len(diffs)), paired_interval(diffs), delta]
+            if [seeds, difference, paper] != expected:
+                wrong.append(f'{recipe}, {setting}, {comparison}: README {[seeds, difference, paper]}, '
+                             f'{csv_path} {expected}')
     assert not wrong, 'the headline table differs from its CSV:\n' + '\n'.join(wrong)
