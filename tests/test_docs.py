@@ -8,7 +8,8 @@
 - The README's commands exist: each ``make`` target is in the Makefile, each ``python`` entry point
   answers ``--help``, each ``hparams/`` file it names is there.
 - Each headline table (converged runs, quick suite) is the CSV it came from: each row is recomputed
-  from benchmarks/results/*.csv.
+  from benchmarks/results/*.csv; so is the converged levels table, beside the paper's and the
+  published figures the benchmarks record.
 """
 import contextlib
 import io
@@ -31,7 +32,8 @@ FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 import cifar  # noqa: E402
-from stats import paired_diffs, paired_interval  # noqa: E402
+import cifar_converged  # noqa: E402
+from stats import mean_std, paired_diffs, paired_interval  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- reading Markdown
@@ -236,3 +238,35 @@ def test_readme_headline_table_is_the_csv_it_came_from():
                 wrong.append(f'{recipe}, {setting}, {comparison}: README {[seeds, difference, paper]}, '
                              f'{csv_path} {expected}')
     assert not wrong, 'the headline table differs from its CSV:\n' + '\n'.join(wrong)
+
+
+LEVELS = re.compile(r'<!-- levels: (\S+), recipe (\w+) -->\n(.*?)<!-- /levels -->', re.S)
+
+
+def levels_row(rows, setting, method):
+    """A levels-table row's cells after its first two: seeds, top-1 and ECE (mean ± std), the paper's top-1 and
+    the published ResNet-32 top-1 of the same loss."""
+    runs = [r for r in rows if r['setting'] == setting and r['method'] == method]
+    paper = cifar.SETTINGS[setting].paper.get(method)
+    published = cifar_converged.published_top1(setting, method)
+    return [str(len(runs)), mean_std([r['top1'] for r in runs]), mean_std([r['ece'] for r in runs]),
+            '-' if paper is None else f'{paper}', '-' if published is None else f'{published}']
+
+
+def test_readme_levels_table_is_the_csv_it_came_from():
+    """The converged levels (top-1 and ECE per method) are cifar.csv's, the paper's and the published figures."""
+    text = README.read_text()
+    match = LEVELS.search(text)
+    assert match, 'README.md has no <!-- levels: CSV, recipe R --> table'
+    csv_path, recipe, table = match.groups()
+    rows = [r for r in cifar.read_rows(str(ROOT / csv_path))
+            if r['recipe'] == recipe and not cifar.is_schedule_check(r)]
+    body = [line for line in table.splitlines() if line.startswith('|')][2:]
+    assert body, 'the levels table has no rows'
+    wrong = []
+    for line in body:
+        setting, method, *cells = [c.strip() for c in line.strip('|').split('|')]
+        expected = levels_row(rows, setting, method)
+        if cells != expected:
+            wrong.append(f'{setting}, {method}: README {cells}, {csv_path} {expected}')
+    assert not wrong, 'the levels table differs from its CSV:\n' + '\n'.join(wrong)
