@@ -9,7 +9,8 @@
   answers ``--help``, each ``hparams/`` file it names is there.
 - Each headline table (converged runs, quick suite) is the CSV it came from: each row is recomputed
   from benchmarks/results/*.csv; so is the converged levels table, beside the paper's and the
-  published figures the benchmarks record.
+  published figures the benchmarks record, and the table of which quick-suite conclusions survive
+  convergence is the report's.
 """
 import contextlib
 import io
@@ -270,3 +271,18 @@ def test_readme_levels_table_is_the_csv_it_came_from():
         if cells != expected:
             wrong.append(f'{setting}, {method}: README {cells}, {csv_path} {expected}')
     assert not wrong, 'the levels table differs from its CSV:\n' + '\n'.join(wrong)
+
+
+SURVIVAL = re.compile(r'<!-- survival: (\S+) -->\n(.*?)<!-- /survival -->', re.S)
+
+
+def test_readme_survival_table_is_the_report_of_its_csv():
+    """The README's "which conclusions survive" table is the report's, row for row, for the CSV it names."""
+    match = SURVIVAL.search(README.read_text())
+    assert match, 'README.md has no <!-- survival: CSV --> table'
+    csv_path, table = match.groups()
+    expected = [line for line in cifar_converged.survival(cifar.read_rows(str(ROOT / csv_path))).splitlines()
+                if line.startswith('|')]
+    readme = [line for line in table.splitlines() if line.startswith('|')]
+    assert readme == expected, ('the survival table differs from benchmarks/cifar_converged.survival of '
+                                f'{csv_path}:\nREADME:\n' + '\n'.join(readme) + '\nexpected:\n' + '\n'.join(expected))
