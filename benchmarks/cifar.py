@@ -27,6 +27,7 @@ import argparse
 import csv
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -188,6 +189,13 @@ def is_schedule_check(row: Dict) -> bool:
 def run_name(run: Run, recipe: str) -> str:
     name = f'{recipe}-{run.setting}-{run.method}-{run.seed}' + (f'-e{run.epochs}' if run.epochs else '')
     return ''.join(c if c.isalnum() or c in '.-' else '_' for c in name)
+
+
+def stop_on_sigterm() -> None:
+    """Make ``kill PID`` (SIGTERM) end the suite as Ctrl-C does: the pool's ``with`` block then terminates its
+    workers. Without it they go on training, unseen, and a restarted suite trains the same runs beside them,
+    in the same folders."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def run_one(job: Tuple[Run, str, str, str, str, str]) -> Dict:
@@ -526,6 +534,7 @@ def main(argv=None) -> int:
     start = time.time()
     jobs = [(r, args.recipe, args.data_dir, args.runs_dir, commit, device) for r in todo]
     if jobs:
+        stop_on_sigterm()
         with mp.get_context('spawn').Pool(args.jobs, maxtasksperchild=1) as pool:
             for i, row in enumerate(pool.imap_unordered(run_one, jobs), 1):
                 append_row(csv_path, row)

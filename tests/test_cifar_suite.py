@@ -215,3 +215,41 @@ def test_verdicts():
     assert verdict(None, (1, 0.5, 1.5)) == 'appears at convergence (gain)'
     assert verdict((0, -1, 1), (0, -1, 1)) == 'no clear difference at convergence'
     assert verdict((-2, -3, -1), (-2, -3, -1), lower_is_better=True) == 'survives (lower)'
+
+
+def test_sigterm_ends_the_suite_with_its_workers(tmp_path):
+    """`kill PID` of the suite takes its spawn workers with it (they would otherwise train on, unseen)."""
+    import signal
+    import subprocess
+    import time
+    script = tmp_path / 'suite.py'
+    script.write_text(
+        'import multiprocessing as mp, sys, time\n'
+        f'sys.path.insert(0, {os.path.join(ROOT, "benchmarks")!r})\n'
+        'import cifar\n'
+        'if __name__ == "__main__":\n'
+        '    cifar.stop_on_sigterm()\n'
+        '    with mp.get_context("spawn").Pool(2, maxtasksperchild=1) as pool:\n'
+        '        result = pool.map_async(time.sleep, [120, 120])\n'
+        '        print(*(p.pid for p in pool._pool), flush=True)\n'
+        '        result.get()\n')
+    suite = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in suite.stdout.readline().split()]
+    assert len(workers) == 2
+    time.sleep(0.5)
+    suite.send_signal(signal.SIGTERM)
+    assert suite.wait(timeout=60) == 128 + signal.SIGTERM
+
+    def alive(pid):
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+        except FileNotFoundError:
+            return False
+    deadline = time.time() + 10
+    while any(map(alive, workers)) and time.time() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in workers if alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, 'a worker outlived the suite'
