@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from stats import bar_panels, cpu_name, git_commit, mean_std, paired_diffs, paired_interval
+from stats import level_panels, cpu_name, git_commit, mean_std, paired_diffs, paired_interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HPARAMS = os.path.join(ROOT, 'hparams')
@@ -410,7 +410,7 @@ def plot(rows: List[Dict], recipe: str, path: str) -> bool:
     rows = [r for r in rows if r['recipe'] == recipe]
     panels = {s: {m: [r['top1'] for r in rows if r['setting'] == s and r['method'] == m] for m in METHODS}
               for s in SETTINGS if any(r['setting'] == s for r in rows)}
-    return bool(panels) and bar_panels(panels, path)
+    return bool(panels) and level_panels(panels, path)
 
 
 def learning_curve(runs_dir: str, out: str, recipe: str) -> str:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from typing import Dict, List, Sequence, Tuple
 
-from stats import bar_panels, mean_std, paired_diffs, paired_interval
+from stats import level_panels, mean_std, paired_diffs, paired_interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HPARAMS = os.path.join(ROOT, 'hparams')
@@ -146,8 +146,8 @@ def report(rows: List[Dict], settings: Sequence[str], methods: Sequence[str], se
 
 
 def plot(rows: List[Dict], settings: Sequence[str], methods: Sequence[str], path: str) -> bool:
-    return bar_panels({s: {m: [r['top1'] for r in rows if r['setting'] == s and r['method'] == m] for m in methods}
-                       for s in settings}, path)
+    return level_panels({s: {m: [r['top1'] for r in rows if r['setting'] == s and r['method'] == m] for m in methods}
+                         for s in settings}, path)
 
 
 def main(argv=None) -> int:

@@ -38,8 +38,10 @@ def paired_diffs(by_seed: Mapping[tuple, float], a: str, b: str) -> list:
             if m == a and (b, s) in by_seed]
 
 
-def bar_panels(panels: Dict[str, Dict[str, Sequence[float]]], path: str, xlabel: str = 'test top-1 %') -> bool:
-    """One horizontal bar chart per panel (method -> values: mean with a std error bar); False without matplotlib."""
+def level_panels(panels: Dict[str, Dict[str, Sequence[float]]], path: str, xlabel: str = 'test top-1 %') -> bool:
+    """One panel per setting: every seed's value as a small dot, and the mean with a std error bar beside it
+    (IC methods in orange). Points, not bars: the axis starts near the lowest value, which a bar's length would
+    misstate. False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -49,16 +51,17 @@ def bar_panels(panels: Dict[str, Dict[str, Sequence[float]]], path: str, xlabel:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
     for ax, (title, methods) in zip(axes[0], panels.items()):
         names = [m for m, v in methods.items() if v]
-        means = [statistics.mean(methods[m]) for m in names]
-        stds = [statistics.stdev(methods[m]) if len(methods[m]) > 1 else 0. for m in names]
-        ax.barh(range(len(names)), means, xerr=stds,
-                color=['tab:orange' if n.startswith('IC') else 'tab:blue' for n in names])
+        for row, name in enumerate(names):
+            values = methods[name]
+            color = 'tab:orange' if name.startswith('IC') else 'tab:blue'
+            ax.errorbar(statistics.mean(values), row, xerr=statistics.stdev(values) if len(values) > 1 else 0.,
+                        fmt='o', color=color, markersize=8, capsize=4)
+            ax.plot(values, [row + 0.25] * len(values), '.', color=color, alpha=0.5)
         ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.invert_yaxis()
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.grid(axis='x', alpha=0.3)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
-        if means:
-            ax.set_xlim(max(0, min(means) - 2 * max(stds + [1])), max(means) + 2 * max(stds + [1]))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
