@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from stats import level_panels, cpu_name, git_commit, mean_std, paired_diffs, paired_interval
+from stats import cpu_name, git_commit, level_panels, mean_std, paired_diffs, paired_interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HPARAMS = os.path.join(ROOT, 'hparams')

@@ -1,6 +1,10 @@
-"""benchmarks/cifar.py without training: the plan, resuming from the CSV, and the report made from the CSV alone."""
+"""benchmarks/cifar.py without training: the plan, resuming from the CSV, the report made from the CSV alone, and
+stopping the suite."""
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -219,9 +223,6 @@ def test_verdicts():
 
 def test_sigterm_ends_the_suite_with_its_workers(tmp_path):
     """`kill PID` of the suite takes its spawn workers with it (they would otherwise train on, unseen)."""
-    import signal
-    import subprocess
-    import time
     script = tmp_path / 'suite.py'
     script.write_text(
         'import multiprocessing as mp, sys, time\n'
