@@ -497,6 +497,8 @@ def main(argv=None) -> int:
     parser.add_argument('--blocks', nargs='+', default=['B1', 'B2'], choices=list(BLOCKS))
     parser.add_argument('--seeds', type=int, default=3)
     parser.add_argument('--extras', action='store_true', help="each block's further methods, after every core run")
+    parser.add_argument('--methods', nargs='+', default=None, choices=list(METHODS),
+                        help='only these methods of the planned runs (default: all of them)')
     parser.add_argument('--recipe', default='cpu', choices=RECIPES,
                         help='cpu: ResNet-20, short cosine schedules (hparams/cpu); long: ResNet-20 with the '
                              "paper's 200-epoch schedule (hparams/long); paper: ResNet-34, 200 epochs (hparams/paper), "
@@ -527,7 +529,8 @@ def main(argv=None) -> int:
 
     done = {(r['recipe'], r['setting'], r['method'], r['seed'], r['epochs']) for r in read_rows(csv_path)}
     todo = [r for r in plan(args.blocks, args.seeds, args.extras, args.recipe)
-            if (args.recipe, r.setting, r.method, r.seed, run_epochs(r, args.recipe)) not in done]
+            if (args.recipe, r.setting, r.method, r.seed, run_epochs(r, args.recipe)) not in done
+            and (args.methods is None or r.method in args.methods)]
     ensure_data(args.data_dir, sorted({SETTINGS[r.setting].dataset for r in todo}))
     commit, device = git_commit(ROOT), args.device_name or cpu_name()
     print(f'{len(todo)} runs to do ({len(done)} already in {csv_path}); commit {commit}, {device}', flush=True)
