@@ -12,6 +12,7 @@ Everything is timm's library and ``timm_icm``; this file only wires them togethe
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -129,6 +130,8 @@ def build_loaders(args, data_config, dataset_train, dataset_eval, collate_fn, de
         worker_seeding=args.worker_seeding,
         # Workers must see the collate mixer switched off at --mixup-off-epoch: no persistent copies.
         persistent_workers=not (args.mixup_off_epoch and collate_fn is not None), **common)
+    if args.keep_last_batch:  # timm's PrefetchLoader wraps torch's DataLoader; its batch sampler decides
+        getattr(loader_train, 'loader', loader_train).batch_sampler.drop_last = False
     loader_eval = None
     if dataset_eval is not None:
         loader_eval = create_loader(
@@ -280,6 +283,11 @@ def train(args: argparse.Namespace, args_text: str) -> int:
     if len(loader_train) == 0:
         raise UsageError(f'the training set has {len(dataset_train)} images, fewer than one batch of '
                          f'{args.batch_size} per process (the last partial batch is dropped): lower --batch-size')
+    last_batch = math.ceil(len(dataset_train) / args.world_size) % args.batch_size
+    if args.keep_last_batch and last_batch % 2 and mixer is not None:
+        raise UsageError(f'--keep-last-batch: the last batch of each epoch would hold {last_batch} images, an odd '
+                         f'number, and the mixer pairs the images of a batch: choose a --batch-size that leaves an '
+                         f'even remainder of {len(dataset_train)} images, or drop the flag')
     check_input(args, model, loader_train.dataset, data_config, device)
     updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
     optimizer, lr_scheduler, num_epochs = _build_optimizer_and_scheduler(args, model, updates_per_epoch)

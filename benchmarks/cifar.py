@@ -32,164 +32,14 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
+import cifar_converged
+import cifar_ladder
 from stats import cpu_name, git_commit, level_panels, mean_std, paired_diffs, paired_interval
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HPARAMS = os.path.join(ROOT, 'hparams')
-PACK = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar')
-FIELDS = ['block', 'setting', 'method', 'seed', 'recipe', 'epochs', 'commit', 'device', 'top1', 'top5', 'ece',
-          'seconds']
-# cifar-classes.csv (benchmarks/cifar_classes.py): one row per class of each run
-# 'confidence': the sum, over the class's test images, of the model's top softmax probability.
-CLASS_FIELDS = ['setting', 'method', 'seed', 'recipe', 'class', 'train_images', 'test_images', 'correct',
-                'predicted', 'confidence']
-# cifar-calibration.csv (benchmarks/cifar_classes.py): one row per run; ECE (%) before and after temperature
-# scaling (fitted on one half of the test set, measured on the other, halves swapped) and the temperature.
-CALIBRATION_FIELDS = ['setting', 'method', 'seed', 'recipe', 'ece', 'ece_scaled', 'temperature']
-
-
-class Setting(NamedTuple):
-    dataset: str        # 'cifar10' or 'cifar100'
-    flags: Tuple[str, ...]
-    cpu_epochs: int     # the cpu recipe's schedule length for this setting
-    paper: Dict[str, float]  # the paper's top-1 per method (ResNet-34, 200 epochs, mean of 3 runs)
-    paper_deltas: Dict[Tuple[str, str], float] = {}  # differences the paper shows only in a figure
-
-
-# The paper's numbers: Table 2 right (LT-CIFAR), Table 1 right (CIFAR-100 10 %; "No Mixup" is ERM) and
-# Figure 3 right (IC-RegMixup - RegMixup at 10 %, as read off the figure).
-SETTINGS = {
-    'LT-CIFAR-10 0.01': Setting('cifar10', ('--imbalance-ratio', '0.01'), 10,
-                                {'ERM': 71.87, 'Mixup': 72.82, 'IC-Mixup': 76.81, 'Remix': 72.65, 'IC-Remix': 79.28}),
-    'CIFAR-100 10 %': Setting('cifar100', ('--train-fraction', '0.1'), 25,
-                              {'ERM': 26.55, 'Mixup': 28.21, 'IC-Mixup (class)': 30.38, 'IC-Mixup (pair)': 28.29,
-                               'IC-Mixup': 30.19}, {('IC-RegMixup', 'RegMixup'): 7.07}),
-    'LT-CIFAR-10 0.1': Setting('cifar10', ('--imbalance-ratio', '0.1'), 10,
-                               {'ERM': 88.63, 'Mixup': 89.63, 'IC-Mixup': 89.89, 'Remix': 89.57, 'IC-Remix': 90.26}),
-    'LT-CIFAR-100 0.01': Setting('cifar100', ('--imbalance-ratio', '0.01'), 10,
-                                 {'ERM': 37.44, 'Mixup': 39.21, 'IC-Mixup': 43.31, 'Remix': 38.04, 'IC-Remix': 46.01}),
-}
-# Method name -> (file under hparams/methods/, extra flags)
-METHODS = {
-    'ERM': ('erm.yaml', ()),
-    'Mixup': ('mixup.yaml', ()),
-    'IC-Mixup': ('icmixup.yaml', ()),
-    'Remix': ('remix.yaml', ()),
-    'IC-Remix': ('icremix.yaml', ()),
-    'RegMixup': ('regmixup.yaml', ()),
-    'IC-RegMixup': ('icregmixup.yaml', ()),
-    'LA': ('la.yaml', ()),
-    'Mixup + LA': ('mixup_la.yaml', ()),
-    'IC-Mixup + LA': ('icmixup_la.yaml', ()),
-    'ICM contrast, no mixing': ('icmixup.yaml', ('--mixup-prob', '0', '--icm-unmixed', 'icm')),
-    'IC-Mixup (merge)': ('icmixup.yaml', ('--icm-duplicates', 'merge')),
-    'IC-Mixup (merge) + LA': ('icmixup_la.yaml', ('--icm-duplicates', 'merge')),
-    'IC-Mixup (class)': ('icmixup_class.yaml', ()),
-    'IC-Mixup (pair)': ('icmixup_pair.yaml', ()),
-}
-
-
-class Block(NamedTuple):
-    settings: Tuple[str, ...]
-    core: Tuple[str, ...]
-    extras: Tuple[str, ...]  # run after every block's core methods (--extras)
-    last: bool = False       # the whole block runs after the others' extras: "as far as the budget goes"
-
-
-BLOCKS = {
-    'B1': Block(('LT-CIFAR-10 0.01',),
-                ('ERM', 'Mixup', 'IC-Mixup', 'Remix', 'IC-Remix', 'LA', 'IC-Mixup + LA', 'ICM contrast, no mixing'),
-                ('Mixup + LA', 'IC-Mixup (merge)', 'IC-Mixup (merge) + LA')),
-    'B2': Block(('CIFAR-100 10 %',), ('Mixup', 'IC-Mixup', 'RegMixup', 'IC-RegMixup'),
-                ('ERM', 'IC-Mixup (class)', 'IC-Mixup (pair)')),
-    'B3': Block(('LT-CIFAR-10 0.1', 'LT-CIFAR-100 0.01'), ('ERM', 'Mixup', 'IC-Mixup', 'Remix', 'IC-Remix', 'LA'), (),
-                last=True),
-    'L1': Block(('LT-CIFAR-10 0.01',), ('ERM', 'Mixup', 'IC-Mixup', 'LA'), ('Remix', 'IC-Remix', 'IC-Mixup + LA')),
-    'L2': Block(('CIFAR-100 10 %',), ('ERM', 'Mixup', 'IC-Mixup'), ('IC-Mixup (class)', 'RegMixup', 'IC-RegMixup')),
-    'L3': Block(('LT-CIFAR-100 0.01',), ('ERM', 'Mixup', 'IC-Mixup', 'LA'), (), last=True),
-}
-RECIPES = ('cpu', 'long', 'paper')
-PAIRS = [('IC-Mixup', 'Mixup'), ('IC-Remix', 'Remix'), ('IC-RegMixup', 'RegMixup'), ('Mixup', 'ERM'),
-         ('IC-Mixup', 'ERM'), ('LA', 'ERM'), ('IC-Mixup', 'LA'), ('IC-Mixup + LA', 'IC-Mixup'), ('IC-Mixup + LA', 'LA'),
-         ('Mixup + LA', 'Mixup'), ('IC-Mixup', 'Mixup + LA'), ('ICM contrast, no mixing', 'ERM'),
-         ('ICM contrast, no mixing', 'LA'),
-         ('IC-Mixup', 'ICM contrast, no mixing'), ('IC-Mixup (merge)', 'IC-Mixup'),
-         ('IC-Mixup (merge) + LA', 'IC-Mixup (merge)'), ('IC-Mixup (class)', 'Mixup'), ('IC-Mixup (pair)', 'Mixup'),
-         ('IC-Mixup', 'IC-Mixup (class)')]
-# A run of this (block, method, seed) evaluates every epoch: the learning curve docs/cifar.md shows.
-CURVE_RUN = ('B1', 'IC-Mixup', 0)
-LONG_EPOCHS = 200  # hparams/long/schedule.yaml (and the paper's)
-RUNS_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'timm-icm', 'cifar')
-
-
-class Run(NamedTuple):
-    block: str
-    setting: str
-    method: str
-    seed: int
-    epochs: Optional[int] = None  # the recipe's schedule; else this many epochs, milestones scaled with them
-
-
-# The long recipe's check that 200 epochs are enough: the same run with half of them (E against 2E).
-SCHEDULE_CHECK = Run('L1', 'LT-CIFAR-10 0.01', 'IC-Mixup', 0, LONG_EPOCHS // 2)
-
-
-def plan(blocks: Sequence[str], seeds: int, extras: bool, recipe: str = 'cpu') -> List[Run]:
-    """Core methods first (seed-major, so each seed's pairs complete together), then the extras, then the
-    blocks marked ``last``. The long recipe's schedule check follows the core methods."""
-    stages = [(b, 'core') for b in blocks if not BLOCKS[b].last]
-    stages += [(b, 'extras') for b in blocks if extras and not BLOCKS[b].last]
-    stages += [(b, part) for b in blocks if BLOCKS[b].last for part in ('core', 'extras')[:1 + extras]]
-    check = recipe == 'long' and SCHEDULE_CHECK.block in blocks
-    runs = []
-    for block, part in stages:
-        if check and part == 'extras' and SCHEDULE_CHECK not in runs:
-            runs.append(SCHEDULE_CHECK)
-        for seed in range(seeds):
-            for setting in BLOCKS[block].settings:
-                runs += [Run(block, setting, m, seed) for m in getattr(BLOCKS[block], part)]
-    if check and SCHEDULE_CHECK not in runs:
-        runs.append(SCHEDULE_CHECK)
-    return runs
-
-
-def train_argv(run: Run, recipe: str, data_dir: str, out: str) -> List[str]:
-    setting = SETTINGS[run.setting]
-    if recipe == 'paper':
-        bases = [os.path.join(HPARAMS, 'paper', f'{setting.dataset}_resnet34.yaml')]
-        schedule = []
-    else:
-        bases = [os.path.join(HPARAMS, 'cpu', f'{setting.dataset}_resnet20.yaml')]
-        schedule = ['--epochs', str(setting.cpu_epochs)] if recipe == 'cpu' else []
-        if recipe == 'long':
-            bases.append(os.path.join(HPARAMS, 'long', 'schedule.yaml'))
-    if run.epochs:  # the multistep milestones at the same fractions of the shorter schedule
-        schedule = ['--epochs', str(run.epochs), '--decay-milestones',
-                    *(str(run.epochs * k // 4 + 1) for k in (1, 2, 3))]
-    method_file, method_flags = METHODS[run.method]
-    if (run.block, run.method, run.seed) == CURVE_RUN:
-        schedule += ['--val-interval', '1']
-    configs = [arg for path in bases + [os.path.join(HPARAMS, 'methods', method_file)] for arg in ('-c', path)]
-    return [*configs, *setting.flags, *method_flags, *schedule, '--data-dir', data_dir, '--seed', str(run.seed),
-            '--subset-seed', str(run.seed), '--output', out, '--experiment', run_name(run, recipe)]
-
-
-def run_epochs(run: Run, recipe: str) -> int:
-    """How many epochs the run trains."""
-    return run.epochs or (SETTINGS[run.setting].cpu_epochs if recipe == 'cpu' else LONG_EPOCHS)
-
-
-def is_schedule_check(row: Dict) -> bool:
-    """A row of the long recipe's half-schedule run (E against 2E), not one of its blocks' cells."""
-    return row['recipe'] == 'long' and row['epochs'] != LONG_EPOCHS
-
-
-def run_name(run: Run, recipe: str) -> str:
-    name = f'{recipe}-{run.setting}-{run.method}-{run.seed}' + (f'-e{run.epochs}' if run.epochs else '')
-    return ''.join(c if c.isalnum() or c in '.-' else '_' for c in name)
-
+from suite import (BLOCKS, CURVE_RUN, METHODS, PACK, PAIRS, RECIPES, ROOT, RUNS_DIR, SETTINGS, Run, append_row, fail,
+                   is_long_tail, is_schedule_check, plan, read_calibration_rows, read_class_rows, read_rows, run_epochs,
+                   run_name, summary_rows, train_argv)
 
 def stop_on_sigterm() -> None:
     """Make ``kill PID`` (SIGTERM) end the suite as Ctrl-C does: the pool's ``with`` block then terminates its
@@ -224,68 +74,9 @@ def run_one(job: Tuple[Run, str, str, str, str, str]) -> Dict:
     last = summary_rows(folder)[-1]
     epochs = int(last['epoch']) + 1
     seconds = (time.time() - start) * epochs / max(epochs - epochs_before, 1)  # a resumed run: at this part's pace
-    return dict(block=run.block, setting=run.setting, method=run.method, seed=run.seed, recipe=recipe,
+    return dict(block=run.block, setting=run.setting, model=run.model, method=run.method, seed=run.seed, recipe=recipe,
                 epochs=epochs, commit=commit, device=device, top1=float(last['eval_top1']),
                 top5=float(last['eval_top5']), ece=float(last['eval_ece']), seconds=round(seconds, 1))
-
-
-def summary_rows(folder: str) -> List[Dict]:
-    """A run folder's summary.csv, one dict per finished epoch (none before the first)."""
-    path = os.path.join(folder, 'summary.csv')
-    if not os.path.exists(path):
-        return []
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
-
-
-def _read_csv(path: str, types: Dict[str, type]) -> List[Dict]:
-    """The rows of a results CSV (none if it is not there yet), with the named columns converted."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline='') as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r.update({k: convert(r[k]) for k, convert in types.items()})
-    return rows
-
-
-def read_rows(path: str) -> List[Dict]:
-    """cifar.csv: one row per finished run."""
-    return _read_csv(path, {'seed': int, 'epochs': int, 'top1': float, 'top5': float, 'ece': float,
-                            'seconds': float})
-
-
-def read_class_rows(path: str) -> List[Dict]:
-    """cifar-classes.csv: one row per class of each run."""
-    return _read_csv(path, {**{k: int for k in ('seed', 'class', 'train_images', 'test_images', 'correct',
-                                                'predicted')}, 'confidence': float})
-
-
-def read_calibration_rows(path: str) -> List[Dict]:
-    """cifar-calibration.csv: one row per run."""
-    return _read_csv(path, {'seed': int, 'ece': float, 'ece_scaled': float, 'temperature': float})
-
-
-def is_long_tail(setting: str) -> bool:
-    return '--imbalance-ratio' in SETTINGS[setting].flags
-
-
-def fail(message: str) -> None:
-    """A user error: one line on stderr, exit code 2."""
-    print(f'cifar.py: {message}', file=sys.stderr)
-    sys.exit(2)
-
-
-def append_row(path: str, row: Dict, fields: Sequence[str] = FIELDS) -> None:
-    """One line per finished run (or class), flushed to disk at once (a cut-off suite keeps every finished run)."""
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, 'a', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row[k] for k in fields})
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def ensure_data(data_dir: str, datasets: Sequence[str]) -> None:
@@ -309,41 +100,42 @@ def report(rows: List[Dict], recipe: str, class_rows: Sequence[Dict] = (), calib
     commits = sorted({r['commit'] for r in rows})
     lines = [f'Recipe `{recipe}`; {len(rows)} runs from commit(s) {", ".join(commits) or "-"}; '
              f'devices: {"; ".join(sorted({r["device"] for r in rows})) or "-"}.']
-    for block, spec in BLOCKS.items():
-        for setting in spec.settings:
-            cell = [r for r in rows if r['setting'] == setting and r['block'] == block]
-            if not cell:
-                continue
-            methods = [m for m in METHODS if any(r['method'] == m for r in cell)]
-            epochs = sorted({r['epochs'] for r in cell})
-            minutes = statistics.median(r['seconds'] for r in cell) / 60
-            scaled = {(r['method'], r['seed']): r['ece_scaled'] for r in calibration_rows
-                      if r['recipe'] == recipe and r['setting'] == setting}
-            lines += ['', f'### {block}: {setting} ({"/".join(map(str, epochs))} epochs, '
-                          f'median {minutes:.1f} min per run)', '',
-                      '| method | seeds | top-1 % | top-5 % | ECE % |' + (' ECE % after temperature |' if scaled else '')
-                      + ' paper top-1 |', '|---|---|---|---|---|---|' + ('---|' if scaled else '')]
-            for m in methods:
-                rs = [r for r in cell if r['method'] == m]
-                paper = SETTINGS[setting].paper.get(m)
-                after = [scaled[(m, r['seed'])] for r in rs if (m, r['seed']) in scaled]
-                cells = [mean_std([r[k] for r in rs]) for k in ('top1', 'top5', 'ece')] + (
-                    [mean_std(after)] if scaled else []) + [f'{paper if paper is not None else "-"}']
-                lines.append(f'| {m} | {len(rs)} | ' + ' | '.join(cells) + ' |')
-            by_seed = {(r['method'], r['seed']): r['top1'] for r in cell}
-            pairs = [(a, b) for a, b in PAIRS if a in methods and b in methods]
-            if pairs:
-                lines += ['', 'Paired differences, top-1 points (mean and 95 % t-interval over seeds):', '',
-                          '| comparison | seeds | difference | paper |', '|---|---|---|---|']
-                for a, b in pairs:
-                    diffs = paired_diffs(by_seed, a, b)
-                    paper, deltas = SETTINGS[setting].paper, SETTINGS[setting].paper_deltas
-                    delta = (f'{paper[a] - paper[b]:+.2f}' if a in paper and b in paper
-                             else f'{deltas[(a, b)]:+.2f}' if (a, b) in deltas else '-')
-                    subtrahend = f'({b})' if ' + ' in b else b
-                    lines.append(f'| {a} − {subtrahend} | {len(diffs)} | {paired_interval(diffs)} | {delta} |')
-            per_class = [r for r in class_rows if r['recipe'] == recipe and r['setting'] == setting]
-            lines += confidence_table(per_class) + (class_groups(per_class) if is_long_tail(setting) else [])
+    for block, spec, setting, model in [(b, spec, s, m) for b, spec in BLOCKS.items() for m in spec.models
+                                        for s in spec.settings]:
+        cell = [r for r in rows if (r['setting'], r['block'], r['model']) == (setting, block, model)]
+        if not cell:
+            continue
+        title = f'{setting}, {model}' if len(spec.models) > 1 else setting
+        methods = [m for m in METHODS if any(r['method'] == m for r in cell)]
+        epochs = sorted({r['epochs'] for r in cell})
+        minutes = statistics.median(r['seconds'] for r in cell) / 60
+        scaled = {(r['method'], r['seed']): r['ece_scaled'] for r in calibration_rows
+                  if (r['recipe'], r['setting'], r['model']) == (recipe, setting, model)}
+        lines += ['', f'### {block}: {title} ({"/".join(map(str, epochs))} epochs, '
+                      f'median {minutes:.1f} min per run)', '',
+                  '| method | seeds | top-1 % | top-5 % | ECE % |' + (' ECE % after temperature |' if scaled else '')
+                  + ' paper top-1 |', '|---|---|---|---|---|---|' + ('---|' if scaled else '')]
+        for m in methods:
+            rs = [r for r in cell if r['method'] == m]
+            paper = SETTINGS[setting].paper.get(m)
+            after = [scaled[(m, r['seed'])] for r in rs if (m, r['seed']) in scaled]
+            cells = [mean_std([r[k] for r in rs]) for k in ('top1', 'top5', 'ece')] + (
+                [mean_std(after)] if scaled else []) + [f'{paper if paper is not None else "-"}']
+            lines.append(f'| {m} | {len(rs)} | ' + ' | '.join(cells) + ' |')
+        by_seed = {(r['method'], r['seed']): r['top1'] for r in cell}
+        pairs = [(a, b) for a, b in PAIRS if a in methods and b in methods]
+        if pairs:
+            lines += ['', 'Paired differences, top-1 points (mean and 95 % t-interval over seeds):', '',
+                      '| comparison | seeds | difference | paper |', '|---|---|---|---|']
+            for a, b in pairs:
+                diffs = paired_diffs(by_seed, a, b)
+                paper, deltas = SETTINGS[setting].paper, SETTINGS[setting].paper_deltas
+                delta = (f'{paper[a] - paper[b]:+.2f}' if a in paper and b in paper
+                         else f'{deltas[(a, b)]:+.2f}' if (a, b) in deltas else '-')
+                subtrahend = f'({b})' if ' + ' in b else b
+                lines.append(f'| {a} − {subtrahend} | {len(diffs)} | {paired_interval(diffs)} | {delta} |')
+        per_class = [r for r in class_rows if (r['recipe'], r['setting'], r['model']) == (recipe, setting, model)]
+        lines += confidence_table(per_class) + (class_groups(per_class) if is_long_tail(setting) else [])
     return '\n'.join(lines)
 
 
@@ -406,10 +198,16 @@ def class_groups(cell: List[Dict]) -> List[str]:
     return lines
 
 
+def level_data(rows: List[Dict], recipe: str) -> Dict[str, Dict[str, List[float]]]:
+    """Setting -> method -> the top-1 of each seed: the cells of the recipe's blocks of one network (the capacity
+    ladder has its own figures, benchmarks/cifar_ladder.py), without the half-schedule check."""
+    rows = [r for r in rows if r['recipe'] == recipe and not is_schedule_check(r) and len(BLOCKS[r['block']].models) == 1]
+    return {s: {m: [r['top1'] for r in rows if r['setting'] == s and r['method'] == m] for m in METHODS}
+            for s in SETTINGS if any(r['setting'] == s for r in rows)}
+
+
 def plot(rows: List[Dict], recipe: str, path: str) -> bool:
-    rows = [r for r in rows if r['recipe'] == recipe]
-    panels = {s: {m: [r['top1'] for r in rows if r['setting'] == s and r['method'] == m] for m in METHODS}
-              for s in SETTINGS if any(r['setting'] == s for r in rows)}
+    panels = level_data(rows, recipe)
     return bool(panels) and level_panels(panels, path)
 
 
@@ -466,8 +264,9 @@ def write_report(out: str, rows: List[Dict], runs_dir: str) -> List[str]:
                 parts.append(report(rows, recipe, class_rows, calibration_rows))
                 plot(rows, recipe, os.path.join(out, f'cifar-{recipe}.png'))
                 if recipe == 'long':
-                    import cifar_converged
                     parts.append(cifar_converged.report(rows, runs_dir, out))
+                    curves = cifar_converged.read_curves(os.path.join(out, 'cifar-curves-long.csv'))
+                    parts.append(cifar_ladder.report(rows, curves, out))
                 else:
                     parts.append(learning_curve(runs_dir, out, recipe))
         if parts:
@@ -499,6 +298,9 @@ def main(argv=None) -> int:
     parser.add_argument('--extras', action='store_true', help="each block's further methods, after every core run")
     parser.add_argument('--methods', nargs='+', default=None, choices=list(METHODS),
                         help='only these methods of the planned runs (default: all of them)')
+    parser.add_argument('--models', nargs='+', default=None, metavar='MODEL',
+                        help='only these networks of the planned runs (default: all of them; block C1 has '
+                             f'{", ".join(BLOCKS["C1"].models)})')
     parser.add_argument('--recipe', default='cpu', choices=RECIPES,
                         help='cpu: ResNet-20, short cosine schedules (hparams/cpu); long: ResNet-20 with the '
                              "paper's 200-epoch schedule (hparams/long); paper: ResNet-34, 200 epochs (hparams/paper), "
@@ -527,10 +329,10 @@ def main(argv=None) -> int:
             print(report_md)
         return 0
 
-    done = {(r['recipe'], r['setting'], r['method'], r['seed'], r['epochs']) for r in read_rows(csv_path)}
+    done = {(r['recipe'], r['setting'], r['model'], r['method'], r['seed'], r['epochs']) for r in read_rows(csv_path)}
     todo = [r for r in plan(args.blocks, args.seeds, args.extras, args.recipe)
-            if (args.recipe, r.setting, r.method, r.seed, run_epochs(r, args.recipe)) not in done
-            and (args.methods is None or r.method in args.methods)]
+            if (args.recipe, r.setting, r.model, r.method, r.seed, run_epochs(r, args.recipe)) not in done
+            and (args.methods is None or r.method in args.methods) and (args.models is None or r.model in args.models)]
     ensure_data(args.data_dir, sorted({SETTINGS[r.setting].dataset for r in todo}))
     commit, device = git_commit(ROOT), args.device_name or cpu_name()
     print(f'{len(todo)} runs to do ({len(done)} already in {csv_path}); commit {commit}, {device}', flush=True)
@@ -542,7 +344,7 @@ def main(argv=None) -> int:
             for i, row in enumerate(pool.imap_unordered(run_one, jobs), 1):
                 append_row(csv_path, row)
                 eta = (time.time() - start) / i * (len(jobs) - i) / 60
-                print(f'[{i}/{len(jobs)}] {row["setting"]:>17} {row["method"]:<24} seed {row["seed"]}: top-1 '
+                print(f'[{i}/{len(jobs)}] {row["setting"]:>17} {row["model"]} {row["method"]:<24} seed {row["seed"]}: top-1 '
                       f'{row["top1"]:.2f} ({row["seconds"]:.0f} s; ~{eta:.0f} min left)', flush=True)
     for stem in write_report(args.out, read_rows(csv_path), args.runs_dir):
         with open(os.path.join(args.out, f'{stem}.md')) as f:

@@ -24,8 +24,8 @@ from typing import Dict, List, Tuple
 import torch
 from timm_icm.metrics import temperature_scaled_ece
 
-from cifar import (CALIBRATION_FIELDS, CLASS_FIELDS, ROOT, RUNS_DIR, Run, append_row, fail, is_schedule_check,
-                   read_calibration_rows, read_class_rows, read_rows, run_name)
+from suite import (CALIBRATION_FIELDS, CLASS_FIELDS, ROOT, RUNS_DIR, append_row, fail, is_schedule_check,
+                   read_calibration_rows, read_class_rows, read_rows, row_run, run_name)
 
 
 def evaluate_run(run_dir: str, data_dir: str) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
@@ -72,13 +72,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     path = os.path.join(args.out, 'cifar-classes.csv')
     calibration_path = os.path.join(args.out, 'cifar-calibration.csv')
-    done = {(r['recipe'], r['setting'], r['method'], r['seed']) for r in read_class_rows(path)}
-    calibrated = {(r['recipe'], r['setting'], r['method'], r['seed']) for r in read_calibration_rows(calibration_path)}
+    def key_of(r: Dict) -> Tuple:
+        return r['recipe'], r['setting'], r['model'], r['method'], r['seed']
+    done = {key_of(r) for r in read_class_rows(path)}
+    calibrated = {key_of(r) for r in read_calibration_rows(calibration_path)}
     missing = []
     for row in read_rows(os.path.join(args.out, 'cifar.csv')):
-        key = (row['recipe'], row['setting'], row['method'], row['seed'])
-        run = Run(row['block'], *key[1:])
-        run_dir = os.path.join(args.runs_dir, run_name(run, row['recipe']))
+        key = key_of(row)
+        run_dir = os.path.join(args.runs_dir, run_name(row_run(row), row['recipe']))
         if (key in done and key in calibrated) or is_schedule_check(row):
             continue
         if not os.path.exists(os.path.join(run_dir, 'last.pth.tar')):
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
         top1 = 100 * (logits.argmax(dim=1) == target).double().mean().item()
         if abs(top1 - row['top1']) > 0.015:
             fail(f'{run_dir}: its last checkpoint gives top-1 {top1:.2f}, the run recorded {row["top1"]:.2f}')
-        names = {'setting': key[1], 'method': key[2], 'seed': key[3], 'recipe': key[0]}
+        names = {k: row[k] for k in ('setting', 'model', 'method', 'seed', 'recipe')}
         if key not in done:
             for c in class_counts(logits, target, train_counts):
                 append_row(path, {**names, **c}, CLASS_FIELDS)

@@ -10,10 +10,10 @@ import os
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from cifar import LONG_EPOCHS, Run, is_schedule_check, run_name, summary_rows
+from suite import DEFAULT_MODEL, LONG_EPOCHS, is_schedule_check, row_run, run_name, summary_rows
 from stats import paired_diffs, paired_interval, t_interval
 
-CURVE_FIELDS = ['block', 'setting', 'method', 'seed', 'epochs', 'epoch', 'eval_top1', 'train_loss', 'lr']
+CURVE_FIELDS = ['block', 'setting', 'model', 'method', 'seed', 'epochs', 'epoch', 'eval_top1', 'train_loss', 'lr']
 
 # Published top-1 (and ECE, 15 bins) at convergence for the same data with ResNet-32: (what was run, our method
 # that ran the same loss or None, top-1 %, ECE % or None, source). The logit-adjustment code's README gives
@@ -65,18 +65,17 @@ def report(rows: List[Dict], runs_dir: str, out: str) -> str:
 def collect_curves(rows: List[Dict], runs_dir: str, path: str) -> List[Dict]:
     """Every finished long run's evaluated epochs, from its folder where it is still there, else from ``path``;
     ``path`` rewritten with all of them."""
-    kept = _read_curves(path)
+    kept = read_curves(path)
     for row in rows:
         if row['recipe'] != 'long':
             continue
-        run = Run(row['block'], row['setting'], row['method'], row['seed'],
-                  row['epochs'] if is_schedule_check(row) else None)
-        summary = summary_rows(os.path.join(runs_dir, run_name(run, 'long')))
+        summary = summary_rows(os.path.join(runs_dir, run_name(row_run(row), 'long')))
         if not summary:
             continue
         key = _curve_key(row)
         kept = [c for c in kept if _curve_key(c) != key]
-        kept += [{'block': row['block'], 'setting': row['setting'], 'method': row['method'], 'seed': row['seed'],
+        kept += [{'block': row['block'], 'setting': row['setting'], 'model': row['model'], 'method': row['method'],
+                  'seed': row['seed'],
                   'epochs': row['epochs'], 'epoch': int(s['epoch']) + 1, 'eval_top1': float(s['eval_top1']),
                   'train_loss': float(s['train_loss']), 'lr': float(s['lr'])} for s in summary if s['eval_top1']]
     if kept:
@@ -87,17 +86,19 @@ def collect_curves(rows: List[Dict], runs_dir: str, path: str) -> List[Dict]:
     return kept
 
 
-def _read_curves(path: str) -> List[Dict]:
+def read_curves(path: str) -> List[Dict]:
+    """The rows of ``cifar-curves-long.csv``: every evaluated epoch of every finished long run."""
     if not os.path.exists(path):
         return []
     with open(path, newline='') as f:
-        return [dict(r, seed=int(r['seed']), epochs=int(r['epochs']), epoch=int(r['epoch']),
+        return [dict(r, model=r.get('model', DEFAULT_MODEL), seed=int(r['seed']), epochs=int(r['epochs']),
+                     epoch=int(r['epoch']),
                      eval_top1=float(r['eval_top1']), train_loss=float(r['train_loss']), lr=float(r['lr']))
                 for r in csv.DictReader(f)]
 
 
 def _curve_key(row: Dict) -> Tuple:
-    return row['block'], row['setting'], row['method'], int(row['seed']), int(row['epochs'])
+    return row['block'], row['setting'], row['model'], row['method'], int(row['seed']), int(row['epochs'])
 
 
 def _mean_curve(curves: Sequence[Dict], setting: str, method: str, epochs: int = LONG_EPOCHS) -> Dict[int, float]:

@@ -15,6 +15,10 @@ The variants take turns within each round, so that the machine's drift hits all 
 the median over the rounds, and each ratio the median of the per-round ratios to the first variant of its
 table. Writes ``speed.md`` and ``speed.csv`` into ``--out``.
 
+``--ladder`` measures instead each network of the capacity ladder (benchmarks/cifar.py, block C1: CIFAR-10 with 50
+images per class): the training step alone (eager, channels-last, ``torch.compile``, both) and the test-set forward
+pass (eager, compiled), and writes ``speed-ladder.md``: what a 200-epoch run of each costs.
+
 ``--allocators`` measures instead the compiled whole step under each memory allocator (glibc's malloc, tcmalloc,
 jemalloc through ``LD_PRELOAD``), one process per allocator and round, taking turns; it writes
 ``speed-allocator.md``. An allocator only places the same tensors elsewhere in memory: the arithmetic is the same.
@@ -102,21 +106,22 @@ def step_fn(model: torch.nn.Module, loss_fn, channels_last: bool = False, bf16: 
     return step
 
 
-def new_model(compile_: bool = False, channels_last: bool = False) -> torch.nn.Module:
-    model = timm.create_model('resnet20_cifar', num_classes=10)
+def new_model(compile_: bool = False, channels_last: bool = False, name: str = 'resnet20_cifar') -> torch.nn.Module:
+    model = timm.create_model(name, num_classes=10)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return torch.compile(model) if compile_ else model
 
 
-def rate(work: Callable[[], None], steps: int) -> float:
+def rate(work: Callable[[], None], steps: int, batch: int = BATCH) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         work()
-    return steps * BATCH / (time.perf_counter() - start)
+    return steps * batch / (time.perf_counter() - start)
 
 
-def measure(variants: Dict[str, Callable[[], None]], rounds: int, steps: int) -> Dict[str, Tuple[float, float]]:
+def measure(variants: Dict[str, Callable[[], None]], rounds: int, steps: int,
+            batch: int = BATCH) -> Dict[str, Tuple[float, float]]:
     """Each variant's median images/s over the rounds and its median per-round ratio to the first variant."""
     for work in variants.values():  # warm-up (and compilation)
         for _ in range(3):
@@ -124,7 +129,7 @@ def measure(variants: Dict[str, Callable[[], None]], rounds: int, steps: int) ->
     rates: Dict[str, List[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, work in variants.items():
-            rates[name].append(rate(work, steps))
+            rates[name].append(rate(work, steps, batch))
     first = rates[next(iter(rates))]
     return {name: (statistics.median(r), statistics.median(a / b for a, b in zip(r, first)))
             for name, r in rates.items()}
@@ -176,6 +181,9 @@ def main(argv=None) -> int:
     parser.add_argument('--steps', type=int, default=8, help='batches per variant and round')
     parser.add_argument('--allocators', action='store_true',
                         help='only the compiled whole step under each memory allocator (speed-allocator.md)')
+    parser.add_argument('--ladder', nargs='*', default=None, metavar='MODEL',
+                        help='only the capacity ladder\'s networks (default: resnet20_cifar wrn16_4_cifar resnet34_cifar): '
+                             'training step and test forward pass, speed-ladder.md')
     parser.add_argument('--child-whole-step', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--data-dir', default=os.path.join(ROOT, 'data'))
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results'))
@@ -195,7 +203,10 @@ def main(argv=None) -> int:
         print(f'{statistics.median(rate(work, args.steps) for _ in range(3)):.2f}')
         return 0
     commit, device = git_commit(ROOT), cpu_name()
-    if args.allocators:
+    if args.ladder is not None:
+        stem = 'speed-ladder'
+        lines, rows = ladder_tables(args, args.ladder or list(LADDER), commit, device)
+    elif args.allocators:
         stem = 'speed-allocator'
         table, rows = allocator_table(args)
         lines = [f'Made by `python benchmarks/speed.py --allocators --rounds {args.rounds} --steps {args.steps}`.', '',
@@ -221,6 +232,50 @@ def main(argv=None) -> int:
     if args.readme:
         splice_page(args.readme, stem, text)
     return 0
+
+
+# The capacity ladder's networks (benchmarks/cifar.py, block C1).
+LADDER = ('resnet20_cifar', 'wrn16_4_cifar', 'resnet34_cifar')
+EVAL_BATCH = 500  # the CIFAR bases' validation_batch_size
+
+
+def ladder_tables(args, models: List[str], commit: str, device: str) -> Tuple[List[str], List[Dict]]:
+    """Per network: the training step alone on a fixed IC-Mixup batch (eager, channels-last, compiled, both) and
+    the test forward pass (eager, compiled); the variants of one network take turns in every round."""
+    _, parts = whole_step(args.data_dir)
+    loss_fn, (x, y) = parts['loss_fn'], next(parts['batches'])
+    test_x = torch.randn(EVAL_BATCH, 3, 32, 32)
+    lines = [f'Made by `OMP_NUM_THREADS=1 python benchmarks/speed.py --ladder {" ".join(models)} --rounds '
+             f'{args.rounds} --steps {args.steps}`.', '',
+             f'The capacity ladder\'s networks at 32x32, one thread; training step: batch {BATCH}, IC-Mixup; test '
+             f'forward: batch {EVAL_BATCH}, no gradient. Commit {commit}, {device}, torch {torch.__version__}. '
+             f'Median over {args.rounds} rounds of {args.steps} batches; ratio: the median per-round ratio to the '
+             'first row of the network\'s table.', '',
+             '| network | parameters | what | variant | images/s | ratio |', '|---|---|---|---|---|---|']
+    rows = []
+    for name in models:
+        params = sum(p.numel() for p in new_model(name=name).parameters())
+        steps = {'eager': step_fn(new_model(name=name), loss_fn),
+                 'channels-last': step_fn(new_model(channels_last=True, name=name), loss_fn, channels_last=True),
+                 'torch.compile': step_fn(new_model(compile_=True, name=name), loss_fn),
+                 'torch.compile + channels-last': step_fn(new_model(True, True, name=name), loss_fn,
+                                                          channels_last=True)}
+        forwards = {'eager': new_model(name=name).eval(), 'torch.compile': new_model(compile_=True, name=name).eval()}
+
+        def forward(model):
+            with torch.no_grad():
+                model(test_x)
+        tables = {
+            'training step': measure({v: (lambda s=s: s(x, y)) for v, s in steps.items()}, args.rounds, args.steps),
+            'test forward': measure({v: (lambda m=m: forward(m)) for v, m in forwards.items()}, args.rounds,
+                                    args.steps, EVAL_BATCH),
+        }
+        for table, results in tables.items():
+            for variant, (per_second, ratio) in results.items():
+                lines.append(f'| {name} | {params / 1e6:.2f} M | {table} | {variant} | {per_second:.1f} | {ratio:.2f} |')
+                rows.append({'table': f'{name} {table}', 'variant': variant, 'images_per_s': round(per_second, 2),
+                             'ratio': round(ratio, 3)})
+    return lines, rows
 
 
 def step_tables(args, commit: str, device: str) -> Tuple[List[str], List[Dict]]:

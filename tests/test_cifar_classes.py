@@ -14,12 +14,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 sys.path.insert(0, ROOT)
 import cifar  # noqa: E402
+import suite  # noqa: E402
 import cifar_classes  # noqa: E402
 import train_icm  # noqa: E402
 from timm_icm.metrics import temperature_scaled_ece  # noqa: E402
 from test_datasets import CIFAR10_NAMES, cifar_blob, meta_blob, write_folder  # noqa: E402
 
-RUN = cifar.Run('B1', 'LT-CIFAR-10 0.01', 'IC-Mixup', 0)
+RUN = suite.Run('B1', 'LT-CIFAR-10 0.01', 'IC-Mixup', 0)
 
 
 def shaded(rng, labels):
@@ -46,7 +47,7 @@ def finished_run(tmp_path):
     data = tmp_path / 'data'
     write_folder(str(data / 'cifar-10-batches-py'), files)
     runs, out = tmp_path / 'runs', tmp_path / 'results'
-    name = cifar.run_name(RUN, 'cpu')
+    name = suite.run_name(RUN, 'cpu')
     argv = ['-c', os.path.join(ROOT, 'hparams', 'cpu', 'cifar10_resnet20.yaml'),
             '-c', os.path.join(ROOT, 'hparams', 'methods', 'icmixup.yaml'), '--imbalance-ratio', '0.5',
             '--epochs', '4', '--lr', '0.02', '--batch-size', '16', '--data-dir', str(data), '--output', str(runs),
@@ -55,7 +56,7 @@ def finished_run(tmp_path):
     with open(runs / name / 'summary.csv', newline='') as f:
         top1 = float(list(csv.DictReader(f))[-1]['eval_top1'])
     out.mkdir()
-    cifar.append_row(str(out / 'cifar.csv'), dict(RUN._asdict(), recipe='cpu', epochs=4, commit='abc', device='cpu',
+    suite.append_row(str(out / 'cifar.csv'), dict(RUN._asdict(), recipe='cpu', epochs=4, commit='abc', device='cpu',
                                                   top1=top1, top5=0.0, ece=0.0, seconds=1.0))
     return data, runs, out
 
@@ -74,15 +75,15 @@ def test_per_class_counts_reproduce_the_recorded_top1(finished_run, capsys):
     data, runs, out = finished_run
     argv = ['--data-dir', str(data), '--runs-dir', str(runs), '--out', str(out)]
     assert cifar_classes.main(argv) == 0
-    rows = cifar.read_class_rows(str(out / 'cifar-classes.csv'))
+    rows = suite.read_class_rows(str(out / 'cifar-classes.csv'))
     assert [r['class'] for r in rows] == list(range(10))
-    with open(runs / cifar.run_name(RUN, 'cpu') / 'class_counts.json') as f:
+    with open(runs / suite.run_name(RUN, 'cpu') / 'class_counts.json') as f:
         counts = json.load(f)
     assert [r['train_images'] for r in rows] == counts and counts[0] == 20 and counts[-1] == 10  # the long tail
     assert [r['test_images'] for r in rows] == [6] * 10
-    recorded = cifar.read_rows(str(out / 'cifar.csv'))[0]['top1']
+    recorded = suite.read_rows(str(out / 'cifar.csv'))[0]['top1']
     assert 100 * sum(r['correct'] for r in rows) / 60 == pytest.approx(recorded, abs=0.01)
-    probs = plain_torch_probabilities(str(runs / cifar.run_name(RUN, 'cpu') / 'last.pth.tar'), TEST_IMAGES)
+    probs = plain_torch_probabilities(str(runs / suite.run_name(RUN, 'cpu') / 'last.pth.tar'), TEST_IMAGES)
     guess = probs.argmax(dim=1)
     assert [r['predicted'] for r in rows] == torch.bincount(guess, minlength=10).tolist()
     assert [r['correct'] for r in rows] == [int((guess[TEST_LABELS == c] == c).sum()) for c in range(10)]
@@ -90,24 +91,24 @@ def test_per_class_counts_reproduce_the_recorded_top1(finished_run, capsys):
     assert [r['confidence'] for r in rows] == pytest.approx([float(top[TEST_LABELS == c].sum()) for c in range(10)],
                                                             abs=1e-3)
     assert recorded >= 20 and sum(r['predicted'] > 0 for r in rows) >= 3  # it learnt: the counts are a fingerprint
-    calibration = cifar.read_calibration_rows(str(out / 'cifar-calibration.csv'))
+    calibration = suite.read_calibration_rows(str(out / 'cifar-calibration.csv'))
     assert len(calibration) == 1
     expected = temperature_scaled_ece(torch.log(probs), torch.from_numpy(TEST_LABELS))
     assert [calibration[0][k] for k in ('ece', 'ece_scaled', 'temperature')] == pytest.approx(
         [expected[k] for k in ('ece', 'ece_scaled', 'temperature')], abs=2e-3)
     assert f'top-1 {recorded:.2f} (recorded {recorded:.2f})' in capsys.readouterr().out
     assert cifar_classes.main(argv) == 0  # done runs are skipped
-    assert len(cifar.read_class_rows(str(out / 'cifar-classes.csv'))) == 10
-    assert len(cifar.read_calibration_rows(str(out / 'cifar-calibration.csv'))) == 1
-    assert 'Where the errors go' in cifar.report(cifar.read_rows(str(out / 'cifar.csv')), 'cpu', rows)
+    assert len(suite.read_class_rows(str(out / 'cifar-classes.csv'))) == 10
+    assert len(suite.read_calibration_rows(str(out / 'cifar-calibration.csv'))) == 1
+    assert 'Where the errors go' in cifar.report(suite.read_rows(str(out / 'cifar.csv')), 'cpu', rows)
 
 
 def test_a_checkpoint_that_does_not_give_the_recorded_top1_is_refused(finished_run, capsys):
     data, runs, out = finished_run
-    rows = cifar.read_rows(str(out / 'cifar.csv'))
+    rows = suite.read_rows(str(out / 'cifar.csv'))
     rows[0]['top1'] += 5
     os.remove(out / 'cifar.csv')
-    cifar.append_row(str(out / 'cifar.csv'), rows[0])
+    suite.append_row(str(out / 'cifar.csv'), rows[0])
     with pytest.raises(SystemExit) as exit_:
         cifar_classes.main(['--data-dir', str(data), '--runs-dir', str(runs), '--out', str(out)])
     assert exit_.value.code == 2 and 'its last checkpoint gives top-1' in capsys.readouterr().err

@@ -11,17 +11,18 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import cifar  # noqa: E402
+import suite  # noqa: E402
 
 
 def test_plan_runs_each_blocks_core_first_then_extras_then_b3():
-    runs = cifar.plan(['B1', 'B2', 'B3'], seeds=3, extras=True)
+    runs = suite.plan(['B1', 'B2', 'B3'], seeds=3, extras=True)
     assert len(runs) == 3 * (8 + 3) + 3 * (4 + 3) + 3 * 2 * 6
     assert len(set(runs)) == len(runs)
-    kinds = [('extra' if r.method in cifar.BLOCKS[r.block].extras else r.block) for r in runs]
+    kinds = [('extra' if r.method in suite.BLOCKS[r.block].extras else r.block) for r in runs]
     first = {k: kinds.index(k) for k in set(kinds)}
     last = {k: len(kinds) - 1 - kinds[::-1].index(k) for k in set(kinds)}
     assert last['B1'] < first['B2'] and last['B2'] < first['extra'] and last['extra'] < first['B3']
-    core = cifar.plan(['B1', 'B2'], seeds=3, extras=False)
+    core = suite.plan(['B1', 'B2'], seeds=3, extras=False)
     assert len(core) == 36 and {r.seed for r in core} == {0, 1, 2}
     # seed-major: every method of seed 0 before any of seed 1, so pairs complete together
     b1 = [r.seed for r in core if r.block == 'B1']
@@ -29,19 +30,19 @@ def test_plan_runs_each_blocks_core_first_then_extras_then_b3():
 
 
 def test_every_method_and_setting_resolves_to_files():
-    for name, (method_file, _) in cifar.METHODS.items():
-        assert os.path.isfile(os.path.join(cifar.HPARAMS, 'methods', method_file)), name
-    for setting in cifar.SETTINGS.values():
-        assert os.path.isfile(os.path.join(cifar.HPARAMS, 'cpu', f'{setting.dataset}_resnet20.yaml'))
-        assert os.path.isfile(os.path.join(cifar.HPARAMS, 'paper', f'{setting.dataset}_resnet34.yaml'))
-    argv = cifar.train_argv(cifar.Run('B1', 'LT-CIFAR-10 0.01', 'ICM contrast, no mixing', 1), 'cpu', 'D', 'O')
+    for name, (method_file, _) in suite.METHODS.items():
+        assert os.path.isfile(os.path.join(suite.HPARAMS, 'methods', method_file)), name
+    for setting in suite.SETTINGS.values():
+        assert os.path.isfile(os.path.join(suite.HPARAMS, 'cpu', f'{setting.dataset}_resnet20.yaml'))
+        assert os.path.isfile(os.path.join(suite.HPARAMS, 'paper', f'{setting.dataset}_resnet34.yaml'))
+    argv = suite.train_argv(suite.Run('B1', 'LT-CIFAR-10 0.01', 'ICM contrast, no mixing', 1), 'cpu', 'D', 'O')
     assert argv[argv.index('--epochs') + 1] == '10' and argv[argv.index('--mixup-prob') + 1] == '0'
     assert argv[argv.index('--seed') + 1] == argv[argv.index('--subset-seed') + 1] == '1'
 
 
 def rows_for(setting, values):
-    return [dict(block='B1', setting=setting, method=m, seed=s, recipe='cpu', epochs=10, commit='abc', device='cpu',
-                 top1=v, top5=99.0, ece=5.0, seconds=60.0)
+    return [dict(block='B1', setting=setting, model='resnet20_cifar', method=m, seed=s, recipe='cpu', epochs=10,
+                 commit='abc', device='cpu', top1=v, top5=99.0, ece=5.0, seconds=60.0)
             for m, per_seed in values.items() for s, v in enumerate(per_seed)]
 
 
@@ -49,8 +50,8 @@ def test_csv_rows_resume_and_report(tmp_path):
     path = str(tmp_path / 'cifar.csv')
     rows = rows_for('LT-CIFAR-10 0.01', {'Mixup': [70.0, 72.0, 71.0], 'IC-Mixup': [74.0, 75.0, 74.5]})
     for row in rows:
-        cifar.append_row(path, row)
-    back = cifar.read_rows(path)
+        suite.append_row(path, row)
+    back = suite.read_rows(path)
     assert [(r['method'], r['seed'], r['top1']) for r in back] == [(r['method'], r['seed'], r['top1']) for r in rows]
     text = cifar.report(back, 'cpu')
     assert '| Mixup | 3 | 71.00 ± 1.00 |' in text and '| 72.82 |' in text  # the paper's Mixup at LT 0.01
@@ -62,10 +63,10 @@ def test_csv_rows_resume_and_report(tmp_path):
 def test_main_skips_finished_runs(tmp_path, monkeypatch, capsys):
     out = tmp_path / 'results'
     out.mkdir()
-    done = [r for r in cifar.plan(['B1'], seeds=1, extras=False)]
+    done = [r for r in suite.plan(['B1'], seeds=1, extras=False)]
     for run in done[:5]:
-        cifar.append_row(str(out / 'cifar.csv'), dict(
-            block=run.block, setting=run.setting, method=run.method, seed=run.seed, recipe='cpu', epochs=10,
+        suite.append_row(str(out / 'cifar.csv'), dict(
+            block=run.block, setting=run.setting, model=run.model, method=run.method, seed=run.seed, recipe='cpu', epochs=10,
             commit='abc', device='cpu', top1=50.0, top5=90.0, ece=3.0, seconds=1.0))
     started = []
 
@@ -95,7 +96,7 @@ def test_report_goes_into_the_readme_between_its_markers(tmp_path, capsys):
     out = tmp_path / 'results'
     out.mkdir()
     for row in rows_for('LT-CIFAR-10 0.01', {'Mixup': [70.0, 72.0, 71.0], 'IC-Mixup': [74.0, 75.0, 74.5]}):
-        cifar.append_row(str(out / 'cifar.csv'), row)
+        suite.append_row(str(out / 'cifar.csv'), row)
     readme = tmp_path / 'README.md'
     readme.write_text('# title\n\nbefore\n<!-- cifar.md -->\nold table\n<!-- /cifar.md -->\nafter\n')
     argv = ['--report', '--out', str(out), '--runs-dir', str(tmp_path / 'runs'), '--readme', str(readme)]
@@ -114,28 +115,28 @@ def test_report_goes_into_the_readme_between_its_markers(tmp_path, capsys):
 
 
 def test_long_plan_puts_the_half_schedule_check_after_the_core_methods():
-    runs = cifar.plan(['L1', 'L2', 'L3'], seeds=3, extras=True, recipe='long')
+    runs = suite.plan(['L1', 'L2', 'L3'], seeds=3, extras=True, recipe='long')
     assert len(runs) == 3 * (4 + 3) + 3 * (3 + 3) + 3 * 4 + 1 and len(set(runs)) == len(runs)
-    check = runs.index(cifar.SCHEDULE_CHECK)
-    core = [i for i, r in enumerate(runs) if r.method in cifar.BLOCKS[r.block].core and r.block != 'L3'
-            and r != cifar.SCHEDULE_CHECK]
+    check = runs.index(suite.SCHEDULE_CHECK)
+    core = [i for i, r in enumerate(runs) if r.method in suite.BLOCKS[r.block].core and r.block != 'L3'
+            and r != suite.SCHEDULE_CHECK]
     assert check == max(core) + 1  # L1's and L2's core runs, then the check, then the extras and L3
-    assert cifar.SCHEDULE_CHECK not in cifar.plan(['L1'], seeds=3, extras=False, recipe='cpu')
-    argv = cifar.train_argv(cifar.SCHEDULE_CHECK, 'long', 'D', 'O')
-    assert [os.path.relpath(argv[i + 1], cifar.HPARAMS) for i, a in enumerate(argv) if a == '-c'] == [
+    assert suite.SCHEDULE_CHECK not in suite.plan(['L1'], seeds=3, extras=False, recipe='cpu')
+    argv = suite.train_argv(suite.SCHEDULE_CHECK, 'long', 'D', 'O')
+    assert [os.path.relpath(argv[i + 1], suite.HPARAMS) for i, a in enumerate(argv) if a == '-c'] == [
         'cpu/cifar10_resnet20.yaml', 'long/schedule.yaml', 'methods/icmixup.yaml']
     assert argv[argv.index('--epochs') + 1] == '100'
     assert argv[argv.index('--decay-milestones') + 1:argv.index('--decay-milestones') + 4] == ['26', '51', '76']
     assert argv[argv.index('--experiment') + 1] == 'long-LT-CIFAR-10_0.01-IC-Mixup-0-e100'
-    full = cifar.train_argv(cifar.Run('L1', 'LT-CIFAR-10 0.01', 'LA', 2), 'long', 'D', 'O')
+    full = suite.train_argv(suite.Run('L1', 'LT-CIFAR-10 0.01', 'LA', 2), 'long', 'D', 'O')
     assert '--epochs' not in full and '--decay-milestones' not in full  # hparams/long/schedule.yaml decides
 
 
 def test_a_cut_off_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     """run_one hands train_icm.py --resume when the run's folder has last.pth.tar, and scales the seconds of the
     part it ran to the whole run."""
-    run = cifar.Run('L1', 'LT-CIFAR-10 0.01', 'ERM', 0)
-    folder = tmp_path / cifar.run_name(run, 'long')
+    run = suite.Run('L1', 'LT-CIFAR-10 0.01', 'ERM', 0)
+    folder = tmp_path / suite.run_name(run, 'long')
     folder.mkdir()
     (folder / 'last.pth.tar').write_bytes(b'x')
     (folder / 'summary.csv').write_text('epoch,train_loss,eval_top1,eval_top5,eval_ece,lr\n'
@@ -156,14 +157,14 @@ def test_a_cut_off_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert row['seconds'] < 10  # 50 of 200 epochs took a moment: x4
 
 
-def long_rows(setting, block, values, recipe='long', epochs=200, ece=None):
-    return [dict(block=block, setting=setting, method=m, seed=s, recipe=recipe, epochs=epochs, commit='abc',
-                 device='cpu', top1=v, top5=99.0, ece=(ece or {}).get(m, 5.0), seconds=60.0)
+def long_rows(setting, block, values, recipe='long', epochs=200, ece=None, model='resnet20_cifar'):
+    return [dict(block=block, setting=setting, model=model, method=m, seed=s, recipe=recipe, epochs=epochs,
+                 commit='abc', device='cpu', top1=v, top5=99.0, ece=(ece or {}).get(m, 5.0), seconds=60.0)
             for m, per_seed in values.items() for s, v in enumerate(per_seed)]
 
 
 def write_curve(runs_dir, run, finals):
-    folder = runs_dir / cifar.run_name(run, 'long')
+    folder = runs_dir / suite.run_name(run, 'long')
     folder.mkdir(parents=True)
     with open(folder / 'summary.csv', 'w') as f:
         f.write('epoch,train_loss,eval_loss,eval_top1,eval_top5,eval_ece,lr\n')
@@ -186,11 +187,11 @@ def test_converged_report(tmp_path):
     runs_dir, out = tmp_path / 'runs', tmp_path / 'out'
     out.mkdir()
     for r in converged:
-        write_curve(runs_dir, cifar.Run('L1', r['setting'], r['method'], r['seed']), {100: 60.0, 150: r['top1'] - 0.5,
+        write_curve(runs_dir, suite.Run('L1', r['setting'], r['method'], r['seed']), {100: 60.0, 150: r['top1'] - 0.5,
                                                                                       180: r['top1'] - 1,
                                                                                       190: r['top1'] - 0.5,
                                                                                       200: r['top1']})
-    write_curve(runs_dir, cifar.SCHEDULE_CHECK, {100: 72.8})
+    write_curve(runs_dir, suite.SCHEDULE_CHECK, {100: 72.8})
     text = cifar.report(rows, 'long')
     assert '### L1: LT-CIFAR-10 0.01 (200 epochs' in text and 'B1' not in text and '| ERM | 3 |' in text
     assert '| IC-Mixup | 3 | 73.00 ± 0.50 |' in text  # the check's 72.8 is not one of the seeds
@@ -254,3 +255,83 @@ def test_sigterm_ends_the_suite_with_its_workers(tmp_path):
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert not survivors, 'a worker outlived the suite'
+
+
+def test_the_figure_of_converged_levels_leaves_out_the_half_schedule_check():
+    """cifar-long.png draws each seed once: the 100-epoch check run is no fourth IC-Mixup seed (it was, before)."""
+    rows = suite.read_rows(os.path.join(ROOT, 'benchmarks', 'results', 'cifar.csv'))
+    check = [r for r in rows if suite.is_schedule_check(r)]
+    assert check, 'cifar.csv has the half-schedule check run'
+    levels = cifar.level_data(rows, 'long')['LT-CIFAR-10 0.01']
+    full = [r['top1'] for r in rows if (r['recipe'], r['block'], r['method'], r['epochs']) == ('long', 'L1', 'IC-Mixup', 200)]
+    assert sorted(levels['IC-Mixup']) == sorted(full) and check[0]['top1'] not in levels['IC-Mixup']
+
+
+def test_the_capacity_ladder_plan_and_command_lines():
+    """Block C1 as data: ResNet-20, WRN-16-4 and ResNet-34 in that order, each network's Mixup pair over every seed,
+    then its RegMixup pair, then ERM; the network, the kept last batch and the evaluation interval reach
+    train_icm.py; the earlier blocks' runs keep their folder names (a cut-off run must find its checkpoint)."""
+    runs = suite.plan(['C1'], seeds=3, extras=False, recipe='long')
+    assert [r.model for r in runs] == [m for m in suite.LADDER for _ in range(15)]
+    assert [(r.method, r.seed) for r in runs[30:45]] == [
+        (m, s) for group in (('Mixup', 'IC-Mixup'), ('RegMixup', 'IC-RegMixup'), ('ERM',)) for s in range(3)
+        for m in group]
+    argv = suite.train_argv(runs[-1], 'long', 'D', 'O')
+    flag = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a.startswith('--')}
+    assert flag['--model'] == 'resnet34_cifar' and flag['--val-interval'] == '20'
+    assert flag['--train-samples-per-class'] == '50' and '--keep-last-batch' in argv
+    assert suite.run_name(runs[-1], 'long') == 'long-CIFAR-10_50_per_class-ERM-2-resnet34_cifar'
+    assert '--model' not in suite.train_argv(runs[0], 'long', 'D', 'O')
+    assert suite.run_name(suite.Run('L1', 'LT-CIFAR-10 0.01', 'LA', 2), 'long') == 'long-LT-CIFAR-10_0.01-LA-2'
+
+
+def test_results_files_carry_the_network(tmp_path, capsys):
+    """Every row names its network; a file from before the column reads as ResNet-20, and appending to it is
+    refused with one line (a row under the wrong header would shift every column) and the file left as it was."""
+    old = tmp_path / 'cifar.csv'
+    old.write_text('block,setting,method,seed,recipe,epochs,commit,device,top1,top5,ece,seconds\n'
+                   'L1,LT-CIFAR-10 0.01,LA,0,long,200,abc,cpu,75.0,99.0,5.0,60.0\n')
+    before = old.read_text()
+    assert [r['model'] for r in suite.read_rows(str(old))] == ['resnet20_cifar']
+    with pytest.raises(SystemExit) as exit_:
+        suite.append_row(str(old), long_rows('LT-CIFAR-10 0.01', 'L1', {'LA': [76.0]})[0])
+    assert exit_.value.code == 2 and 'not block,setting,model,method' in capsys.readouterr().err
+    assert old.read_text() == before
+    for name in ('cifar.csv', 'cifar-classes.csv', 'cifar-calibration.csv', 'cifar-curves-long.csv'):
+        with open(os.path.join(ROOT, 'benchmarks', 'results', name)) as f:
+            assert 'model' in f.readline().split(','), name
+
+
+def test_ladder_report(tmp_path):
+    """The ladder's gains per network (paired by seed, with their intervals and each seed's difference), its
+    figures, and a run stuck at chance named, so that it cannot pass as a gain."""
+    import cifar_converged
+    import cifar_ladder
+    values = {'resnet20_cifar': {'Mixup': [40, 41, 42], 'IC-Mixup': [41, 41, 44]},
+              'resnet34_cifar': {'Mixup': [45, 46, 47], 'IC-Mixup': [49, 50, 51],
+                                 'RegMixup': [50, 50, 50], 'IC-RegMixup': [52, 53, 51]}}
+    rows = [r for model, v in values.items() for r in long_rows('CIFAR-10 50 per class', 'C1', v, model=model)]
+    runs_dir, out = tmp_path / 'runs', tmp_path / 'out'
+    out.mkdir()
+    for r in rows:
+        stuck = r['model'] == 'resnet34_cifar' and r['method'] == 'Mixup' and r['seed'] == 1
+        write_curve(runs_dir, suite.row_run(r), {20: 10.0, 40: 10.3 if stuck else 30.0, 200: r['top1']})
+    cifar_converged.report(rows, str(runs_dir), str(out))
+    curves = cifar_converged.read_curves(str(out / 'cifar-curves-long.csv'))
+    text = cifar_ladder.report(rows, curves, str(out))
+    # ResNet-20: diffs 1, 0, 2 -> mean 1, sd 1, t(2) 4.303 / sqrt 3 -> +-2.48
+    assert '| resnet20_cifar | IC-Mixup − Mixup | 3 | +1.00 [-1.48, +3.48] | +1.00, +0.00, +2.00 | +1.40 |' in text
+    assert '| resnet34_cifar | IC-Mixup − Mixup | 3 | +4.00 [+4.00, +4.00] |' in text
+    assert '| resnet34_cifar | IC-RegMixup − RegMixup | 3 | +2.00 [-0.48, +4.48] | +2.00, +3.00, +1.00 | +2.37 |' in text
+    assert 'resnet20_cifar | IC-RegMixup' not in text  # no RegMixup runs on that network
+    assert 'resnet34_cifar Mixup seed 1 (10.3 % at epoch 40)' in text and text.count('% at epoch') == 1
+    assert (out / 'cifar-ladder.png').exists() and (out / 'cifar-ladder-curves.png').exists()
+    assert cifar.level_data(rows, 'long') == {}  # the ladder stays out of the one-network figure
+    assert '### C1: CIFAR-10 50 per class, resnet34_cifar (200 epochs' in cifar.report(rows, 'long')
+
+
+def test_ladder_parameter_counts_are_the_networks():
+    import timm
+    import timm_icm  # noqa: F401  (registers the CIFAR networks)
+    for name, count in suite.LADDER_PARAMS.items():
+        assert sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters()) == count, name

@@ -8,7 +8,8 @@ import torch.nn as nn
 
 import timm_icm  # noqa: F401  (registers the models)
 
-SMALL = ['resnet18_cifar', 'resnet34_cifar', 'resnet20_cifar', 'resnet32_cifar', 'resnet56_cifar', 'wrn16_8_cifar']
+SMALL = ['resnet18_cifar', 'resnet34_cifar', 'resnet20_cifar', 'resnet32_cifar', 'resnet56_cifar', 'wrn16_4_cifar',
+         'wrn16_8_cifar']
 BIG = ['resnet50_cifar', 'wrn28_10_cifar']
 ALL = SMALL + BIG
 HE_FAMILY = ['resnet20_cifar', 'resnet32_cifar', 'resnet56_cifar']
@@ -97,6 +98,7 @@ def test_resnet_cifar_is_timm_resnet_with_cifar_stem() -> None:
     ('resnet20_cifar', 0.27e6, 0.03),
     ('resnet56_cifar', 0.85e6, 0.03),
     ('resnet18_cifar', 11.17e6, 0.01),
+    ('wrn16_4_cifar', 2.75e6, 0.01),
     ('wrn16_8_cifar', 11.0e6, 0.01),
     ('wrn28_10_cifar', 36.5e6, 0.01),
 ])

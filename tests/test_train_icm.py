@@ -270,3 +270,25 @@ def test_the_input_check_leaves_the_random_state_as_it_was(fashion_mnist_dir):
         def __iter__(self):
             raise AssertionError('a streamed data set is not read before training')
     train_icm.check_input(args, model, Stream(), None, torch.device('cpu'))
+
+
+@pytest.mark.parametrize('keep, sizes', [(False, [32, 32, 32]), (True, [32, 32, 32, 4])])
+def test_keep_last_batch(fashion_mnist_dir, keep, sizes):
+    """timm's training loader drops the last partial batch; --keep-last-batch trains on it, as the paper's code
+    (torch's DataLoader default) does: 100 images at batch 32 are 4 steps an epoch, not 3."""
+    from timm.data import resolve_data_config
+    args, _ = train_icm.cli.parse_args(FMNIST + ['--data-dir', fashion_mnist_dir, '--train-samples-per-class', '10',
+                                                 '-b', '32', '--no-prefetcher'] + (['--keep-last-batch'] if keep else []))
+    args.prefetcher, args.distributed, args.world_size = False, False, 1
+    model = train_icm.build_model(args)
+    train, evaluation, _ = train_icm.build_datasets(args)
+    loader, _ = train_icm.build_loaders(args, resolve_data_config(vars(args), model=model), train, evaluation, None,
+                                        torch.device('cpu'))
+    assert len(loader) == len(sizes) and [len(target) for _, target in loader] == sizes
+
+
+def test_keep_last_batch_with_an_odd_last_batch_and_mixing(fashion_mnist_dir, capsys, tmp_path):
+    code = train_icm.main(FMNIST + ['--data-dir', fashion_mnist_dir, '--train-samples-per-class', '10', '-b', '33',
+                                    '--keep-last-batch', '--mixup', '0.2', '--icm', '--output', str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and 'would hold 1 images, an odd number' in err[0]

@@ -279,6 +279,9 @@ def _add_data_setting_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--eval-samples-per-class', type=int, default=None, metavar='N',
                        help='Evaluate on N images per class of the eval split (seeded by --subset-seed), for '
                             'quick CPU runs; the paper evaluates on the whole test set (default).')
+    group.add_argument('--keep-last-batch', action='store_true', default=False,
+                       help="Train on each epoch's last, smaller batch too, as the paper's code (torch's DataLoader "
+                            "default) does; timm's training loader drops it (500 images at batch 128: 4 steps, not 3).")
     group.add_argument('--cifar-aug', action='store_true', default=False,
                        help="The paper's CIFAR augmentation instead of timm's: crop with padding 4, flip, rotation 15.")
     group.add_argument('--dry-run', action='store_true', default=False,

@@ -1,4 +1,4 @@
-"""Wide Residual Networks for CIFAR (WRN-16-8, WRN-28-10).
+"""Wide Residual Networks for CIFAR (WRN-16-4, WRN-16-8, WRN-28-10).
 
 Zagoruyko & Komodakis, *Wide Residual Networks*, BMVC 2016 (https://arxiv.org/abs/1605.07146):
 a 3x3 stem conv with 16 channels, three stages of ``n = (d - 4) / 6`` pre-activation basic
@@ -148,9 +148,16 @@ def _create_wide_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -
 
 
 default_cfgs = generate_default_cfgs({
+    'wrn16_4_cifar': cifar_cfg(),
     'wrn16_8_cifar': cifar_cfg(),
     'wrn28_10_cifar': cifar_cfg(),
 })
+
+
+@register_model
+def wrn16_4_cifar(pretrained: bool = False, **kwargs: Any) -> WideResNet:
+    """WRN-16-4 (Zagoruyko & Komodakis 2016); ~2.7M params for 10 classes: the capacity ladder's middle rung."""
+    return _create_wide_resnet('wrn16_4_cifar', pretrained, **dict(dict(depth=16, widen_factor=4), **kwargs))
 
 
 @register_model
