@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 FMNIST_DIR ?=
 DEBIAN_FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo venv clean data cifar cifar-long
+.PHONY: test demo venv clean data cifar cifar-long cifar-ladder
 
 venv: $(VENV)/.installed
 
@@ -55,6 +55,13 @@ LONG_BLOCKS ?= L1 L2 L3
 TCMALLOC ?= $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 cifar-long: data
 	LD_PRELOAD=$(TCMALLOC) OMP_NUM_THREADS=1 $(PY) benchmarks/cifar.py --recipe long --blocks $(LONG_BLOCKS) --extras --seeds 3 --jobs 2
+	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar_classes.py
+	$(PY) benchmarks/cifar.py --report --readme docs/cifar.md > /dev/null
+
+# The capacity ladder (block C1: CIFAR-10 with 50 images per class, the long recipe on ResNet-20, WRN-16-4 and
+# ResNet-34; about 45 CPU hours, most of them ResNet-34's).
+cifar-ladder: data
+	LD_PRELOAD=$(TCMALLOC) OMP_NUM_THREADS=1 $(PY) benchmarks/cifar.py --recipe long --blocks C1 --seeds 3 --jobs 2
 	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar_classes.py
 	$(PY) benchmarks/cifar.py --report --readme docs/cifar.md > /dev/null
 

@@ -291,6 +291,26 @@ def splice_page(path: str, stem: str, report_md: str) -> None:
         f.write(text[:start + len(start_marker)] + '\n' + body + '\n' + text[end:])
 
 
+def row_key(row: Dict) -> Tuple:
+    """What identifies a finished run in cifar.csv."""
+    return row['recipe'], row['setting'], row['model'], row['method'], row['seed'], row['epochs']
+
+
+def merge_rows(csv_path: str, sources: Sequence[str]) -> int:
+    """Append to ``csv_path`` the rows of ``sources`` it lacks, in their order; how many."""
+    have = {row_key(r) for r in read_rows(csv_path)}
+    added = 0
+    for source in sources:
+        if not os.path.exists(source):
+            fail(f'--merge {source}: no such file')
+        for row in read_rows(source):
+            if row_key(row) not in have:
+                append_row(csv_path, row)
+                have.add(row_key(row))
+                added += 1
+    return added
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--blocks', nargs='+', default=['B1', 'B2'], choices=list(BLOCKS))
@@ -313,6 +333,9 @@ def main(argv=None) -> int:
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results'))
     parser.add_argument('--device-name', default=None, help='recorded in each row (default: this CPU)')
     parser.add_argument('--report', action='store_true', help='only write the tables and plots from the CSV')
+    parser.add_argument('--merge', nargs='+', default=None, metavar='CSV',
+                        help="only add to --out's cifar.csv the rows of these files that it lacks (a pinned clone's "
+                             'suite writing to its own --out; a file from before the model column reads as resnet20_cifar)')
     parser.add_argument('--readme', default=None,
                         help='with --report: also put the tables into this Markdown page (make cifar: docs/cifar.md), '
                              'each report between its markers: <!-- cifar.md --> ... <!-- /cifar.md --> and '
@@ -320,6 +343,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, 'cifar.csv')
+    if args.merge:
+        print(f'{merge_rows(csv_path, args.merge)} rows added to {csv_path}')
+        return 0
     if args.report:
         for stem in write_report(args.out, read_rows(csv_path), args.runs_dir):
             with open(os.path.join(args.out, f'{stem}.md')) as f:
@@ -329,7 +355,7 @@ def main(argv=None) -> int:
             print(report_md)
         return 0
 
-    done = {(r['recipe'], r['setting'], r['model'], r['method'], r['seed'], r['epochs']) for r in read_rows(csv_path)}
+    done = {row_key(r) for r in read_rows(csv_path)}
     todo = [r for r in plan(args.blocks, args.seeds, args.extras, args.recipe)
             if (args.recipe, r.setting, r.model, r.method, r.seed, run_epochs(r, args.recipe)) not in done
             and (args.methods is None or r.method in args.methods) and (args.models is None or r.model in args.models)]

@@ -100,8 +100,8 @@ BLOCKS = {
     'L2': Block(('CIFAR-100 10 %',), ('ERM', 'Mixup', 'IC-Mixup'), ('IC-Mixup (class)', 'RegMixup', 'IC-RegMixup')),
     'L3': Block(('LT-CIFAR-100 0.01',), ('ERM', 'Mixup', 'IC-Mixup', 'LA'), (), last=True),
     # The capacity ladder (Table 2 left's rows with the long recipe on three networks): each network's Mixup pair,
-    # then its RegMixup pair, then ERM. The test set every 20 epochs: ResNet-34's pass over it costs about
-    # what 15 of its training epochs do (benchmarks/results/speed-ladder.md).
+    # then its RegMixup pair, then ERM. The test set every 20 epochs: a forward pass over its 10,000 images costs
+    # ResNet-34 several of its 500-image training epochs.
     'C1': Block(('CIFAR-10 50 per class',), ('Mixup', 'IC-Mixup', 'RegMixup', 'IC-RegMixup', 'ERM'), (),
                 models=LADDER, groups=(('Mixup', 'IC-Mixup'), ('RegMixup', 'IC-RegMixup'), ('ERM',)), val_interval=20),
 }

@@ -335,3 +335,24 @@ def test_ladder_parameter_counts_are_the_networks():
     import timm_icm  # noqa: F401  (registers the CIFAR networks)
     for name, count in suite.LADDER_PARAMS.items():
         assert sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters()) == count, name
+
+
+def test_merge_takes_a_pinned_clones_rows_once(tmp_path, capsys):
+    """A suite run from a pinned clone writes its own cifar.csv (perhaps from before the model column); --merge
+    adds the rows the checkout lacks, once, and names a missing file in one line."""
+    out = tmp_path / 'results'
+    out.mkdir()
+    first, second = long_rows('LT-CIFAR-10 0.01', 'L1', {'LA': [75.0, 76.0]})
+    suite.append_row(str(out / 'cifar.csv'), first)
+    clone = tmp_path / 'clone.csv'
+    old_fields = [f for f in suite.FIELDS if f != 'model']
+    for row in (first, second):
+        suite.append_row(str(clone), row, old_fields)
+    argv = ['--merge', str(clone), '--out', str(out)]
+    assert cifar.main(argv) == 0 and '1 rows added' in capsys.readouterr().out
+    assert cifar.main(argv) == 0 and '0 rows added' in capsys.readouterr().out
+    back = suite.read_rows(str(out / 'cifar.csv'))
+    assert [(r['model'], r['seed'], r['top1']) for r in back] == [('resnet20_cifar', 0, 75.0), ('resnet20_cifar', 1, 76.0)]
+    with pytest.raises(SystemExit) as exit_:
+        cifar.main(['--merge', str(tmp_path / 'none.csv'), '--out', str(out)])
+    assert exit_.value.code == 2 and 'none.csv: no such file' in capsys.readouterr().err
