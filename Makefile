@@ -57,6 +57,7 @@ cifar-long: data
 	LD_PRELOAD=$(TCMALLOC) OMP_NUM_THREADS=1 $(PY) benchmarks/cifar.py --recipe long --blocks $(LONG_BLOCKS) --extras --seeds 3 --jobs 2
 	OMP_NUM_THREADS=1 $(PY) benchmarks/cifar_classes.py
 	$(PY) benchmarks/cifar.py --report --readme docs/cifar.md > /dev/null
+	$(PY) benchmarks/tables.py README.md docs/cifar.md
 
 # The capacity ladder (block C1: CIFAR-10 with 50 images per class, the long recipe on ResNet-20, WRN-16-4 and
 # ResNet-34; about 45 CPU hours, most of them ResNet-34's).

@@ -356,3 +356,27 @@ def test_merge_takes_a_pinned_clones_rows_once(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cifar.main(['--merge', str(tmp_path / 'none.csv'), '--out', str(out)])
     assert exit_.value.code == 2 and 'none.csv: no such file' in capsys.readouterr().err
+
+
+def test_tables_refresh_a_pages_numbers_and_keep_its_rows(tmp_path, capsys):
+    """benchmarks/tables.py rewrites each table's numbers from the CSV its marker names, row by row as the page
+    chose them; a row naming no setting is refused in one line."""
+    import tables
+    path = tmp_path / 'cifar.csv'
+    for row in long_rows('LT-CIFAR-10 0.01', 'L1', {'Mixup': [70.0, 72.0, 71.0], 'IC-Mixup': [74.0, 75.0, 74.5]}):
+        suite.append_row(str(path), row)
+    page = tmp_path / 'page.md'
+    page.write_text(f'text\n<!-- headline: {path}, recipe long -->\n| data | comparison | seeds | difference | paper |\n'
+                    '|---|---|---|---|---|\n| LT-CIFAR-10 0.01 | IC-Mixup − Mixup | 2 | +9.99 | - |\n<!-- /headline -->\n'
+                    f'<!-- levels: {path}, recipe long -->\n| data | method | seeds | top-1 | ECE | paper | published |\n'
+                    '|---|---|---|---|---|---|---|\n| LT-CIFAR-10 0.01 | Mixup | 1 | 1 | 1 | 1 | 1 |\n<!-- /levels -->\nend\n')
+    assert tables.main([str(page)]) == 0 and 'tables refreshed' in capsys.readouterr().out
+    text = page.read_text()
+    assert '| LT-CIFAR-10 0.01 | IC-Mixup − Mixup | 3 | +3.50 [+2.26, +4.74] | +3.99 |' in text
+    assert '| LT-CIFAR-10 0.01 | Mixup | 3 | 71.00 ± 1.00 | 5.00 ± 0.00 | 72.82 | 72.8 |' in text
+    assert text.startswith('text\n') and text.endswith('<!-- /levels -->\nend\n')
+    assert tables.main([str(page)]) == 0 and 'up to date' in capsys.readouterr().out
+    page.write_text(text.replace('| LT-CIFAR-10 0.01 | Mixup |', '| LT-CIFAR-11 | Mixup |'))
+    with pytest.raises(SystemExit) as exit_:
+        tables.main([str(page)])
+    assert exit_.value.code == 2 and "'LT-CIFAR-11'" in capsys.readouterr().err
