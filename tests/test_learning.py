@@ -45,14 +45,21 @@ def test_icm_loss_learns_fashion_mnist(fashion_mnist_dir):
     model.eval()
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-    assert accuracy > 0.65, accuracy  # chance: 0.10
+    # chance: 0.10. Measured: 0.850 (seed 0, the same twice), 0.834, 0.804, 0.834 (seeds 1, 2, 3)
+    assert accuracy > 0.75, accuracy
 
 
 def test_readme_snippet_runs_as_written(fashion_mnist_dir):
     text = README.read_text()
     snippet = re.search(r'```python\n(.*?)```', text, re.S).group(1)
     assert 'InfiniteClassMixup' in snippet and 'InfiniteClassCrossEntropy' in snippet
+    torch.manual_seed(0)  # the model's initial weights and the loader's order
+    np.random.seed(0)  # the mixer's lambdas
     namespace = {}
     exec(compile(snippet, str(README), 'exec'), namespace)
     losses = namespace['losses']
-    assert len(losses) > 20 and sum(losses[-10:]) < sum(losses[:10])
+    assert len(losses) > 20
+    # The mean of the last 5 steps' losses is 0.70-0.71 of the first 5's (seeds 0, 1, 2: 8.2-8.4 -> 5.8-6.0);
+    # without optimizer.step() it is 0.995-1.016.
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < 0.8 * first, (first, last)

@@ -34,10 +34,16 @@ def run(tmp_path, data_dir, *flags, name='run'):
     return summary_rows(tmp_path / name)
 
 
+# Last-epoch eval top-1 (chance 10 %), measured on a 2-core CPU: this test's run (seed 42) is the same from run
+# to run (twice), but where the arithmetic differs it moves by up to 10 points (1 thread instead of 2), as much
+# as from seed to seed: seed 42 on 2 threads, on 1 thread, seeds 1 and 2. The floors sit under the lowest of those.
+#   ic-mixup               51.6  54.6  56.8  40.6   floor 35
+#   ic-regmixup            55.4  45.2  39.8  42.8   floor 35
+#   tensor-path-cifar-aug  53.2  50.6  60.6  64.8   floor 45
 @pytest.mark.parametrize('flags, floor', [
     (['--mixup', '0.2', '--icm'], 35.),
     (['--mixup', '20', '--regmixup', '--icm'], 35.),
-    (['--mixup', '0.2', '--icm', '--no-prefetcher', '--cifar-aug'], 35.),
+    (['--mixup', '0.2', '--icm', '--no-prefetcher', '--cifar-aug'], 45.),
 ], ids=['ic-mixup', 'ic-regmixup', 'tensor-path-cifar-aug'])
 def test_learns_with_icm(tmp_path, fashion_mnist_dir, flags, floor):
     rows = run(tmp_path, fashion_mnist_dir, '--train-samples-per-class', '100', '--epochs', '4', *flags)
@@ -63,6 +69,8 @@ def test_ic_remix_on_a_long_tail(tmp_path, fashion_mnist_dir):
                '--mixup', '0.2', '--remix', '--icm', '--epochs', '4')
     counts = torch.tensor(__import__('json').load(open(tmp_path / 'run' / 'class_counts.json')))
     assert counts[0] == 150 and counts[-1] == 15 and (counts[:-1] >= counts[1:]).all()
+    # measured as test_learns_with_icm's: 35.6 (seed 42, 2 threads), 36.0 (1 thread), 32.6, 28.8, 34.0 (seeds 1-3):
+    # the floor is at the edge of that spread already
     assert float(rows[-1]['eval_top1']) > 30.
 
 
