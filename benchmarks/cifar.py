@@ -93,7 +93,8 @@ def ensure_data(data_dir: str, datasets: Sequence[str]) -> None:
         subprocess.run([sys.executable, unpack, data_dir, '--only', d], check=True)
 
 
-def report(rows: List[Dict], recipe: str, class_rows: Sequence[Dict] = (), calibration_rows: Sequence[Dict] = ()) -> str:
+def report(rows: List[Dict], recipe: str, class_rows: Sequence[Dict] = (),
+           calibration_rows: Sequence[Dict] = ()) -> str:
     """One recipe's tables: per block and setting, each method's mean ± std over seeds beside the paper's top-1,
     the paired differences, and what the per-class and calibration rows tell (where there are any)."""
     rows = [r for r in rows if r['recipe'] == recipe and not is_schedule_check(r)]
@@ -201,7 +202,8 @@ def class_groups(cell: List[Dict]) -> List[str]:
 def level_data(rows: List[Dict], recipe: str) -> Dict[str, Dict[str, List[float]]]:
     """Setting -> method -> the top-1 of each seed: the cells of the recipe's blocks of one network (the capacity
     ladder has its own figures, benchmarks/cifar_ladder.py), without the half-schedule check."""
-    rows = [r for r in rows if r['recipe'] == recipe and not is_schedule_check(r) and len(BLOCKS[r['block']].models) == 1]
+    rows = [r for r in rows
+            if r['recipe'] == recipe and not is_schedule_check(r) and len(BLOCKS[r['block']].models) == 1]
     return {s: {m: [r['top1'] for r in rows if r['setting'] == s and r['method'] == m] for m in METHODS}
             for s in SETTINGS if any(r['setting'] == s for r in rows)}
 
@@ -335,7 +337,8 @@ def main(argv=None) -> int:
     parser.add_argument('--report', action='store_true', help='only write the tables and plots from the CSV')
     parser.add_argument('--merge', nargs='+', default=None, metavar='CSV',
                         help="only add to --out's cifar.csv the rows of these files that it lacks (a pinned clone's "
-                             'suite writing to its own --out; a file from before the model column reads as resnet20_cifar)')
+                             'suite writing to its own --out; a file from before the model column reads as '
+                             'resnet20_cifar)')
     parser.add_argument('--readme', default=None,
                         help='with --report: also put the tables into this Markdown page (make cifar: docs/cifar.md), '
                              'each report between its markers: <!-- cifar.md --> ... <!-- /cifar.md --> and '
@@ -370,7 +373,8 @@ def main(argv=None) -> int:
             for i, row in enumerate(pool.imap_unordered(run_one, jobs), 1):
                 append_row(csv_path, row)
                 eta = (time.time() - start) / i * (len(jobs) - i) / 60
-                print(f'[{i}/{len(jobs)}] {row["setting"]:>17} {row["model"]} {row["method"]:<24} seed {row["seed"]}: top-1 '
+                print(f'[{i}/{len(jobs)}] {row["setting"]:>17} {row["model"]} {row["method"]:<24} '
+                      f'seed {row["seed"]}: top-1 '
                       f'{row["top1"]:.2f} ({row["seconds"]:.0f} s; ~{eta:.0f} min left)', flush=True)
     for stem in write_report(args.out, read_rows(csv_path), args.runs_dir):
         with open(os.path.join(args.out, f'{stem}.md')) as f:

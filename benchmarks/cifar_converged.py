@@ -11,7 +11,7 @@ import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from suite import DEFAULT_MODEL, LONG_EPOCHS, is_schedule_check, row_run, run_name, summary_rows
-from stats import paired_diffs, paired_interval, t_interval
+from stats import paired_diffs, paired_interval, panel_row, t_interval
 
 CURVE_FIELDS = ['block', 'setting', 'model', 'method', 'seed', 'epochs', 'epoch', 'eval_top1', 'train_loss', 'lr']
 
@@ -241,24 +241,17 @@ def plot_curves(curves: Sequence[Dict], path: str) -> bool:
     settings = [s for s in QUICK_BLOCK if any(c['setting'] == s and c['epochs'] == LONG_EPOCHS for c in curves)]
     if not settings:
         return False
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.6), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        for method in dict.fromkeys(c['method'] for c in curves if c['setting'] == setting):
-            curve = _mean_curve(curves, setting, method)
-            if curve:
-                ax.plot(list(curve), list(curve.values()), label=method,
-                        linestyle='-' if method.startswith('IC') else '--')
-        ax.set_title(setting)
-        ax.set_xlabel('epoch')
-        ax.set_ylabel('test top-1 %')
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with panel_row(len(settings), path) as axes:
+        if axes is None:
+            return False
+        for ax, setting in zip(axes, settings):
+            for method in dict.fromkeys(c['method'] for c in curves if c['setting'] == setting):
+                curve = _mean_curve(curves, setting, method)
+                if curve:
+                    ax.plot(list(curve), list(curve.values()), label=method,
+                            linestyle='-' if method.startswith('IC') else '--')
+            ax.set_title(setting)
+            ax.set_xlabel('epoch')
+            ax.set_ylabel('test top-1 %')
+            ax.legend(fontsize=7)
     return True

@@ -6,7 +6,7 @@ every run's learning curve, so that a run stuck at chance cannot pass as a gain.
 """
 from typing import Dict, List, Sequence
 
-from stats import paired_diffs, paired_interval, t_interval
+from stats import paired_diffs, paired_interval, panel_row, t_interval
 from suite import BLOCKS, LADDER_PARAMS, SETTINGS
 
 BLOCK = 'C1'
@@ -64,7 +64,8 @@ def report(rows: Sequence[Dict], curves: Sequence[Dict], out: str) -> str:
     lines += ['', 'The IC variants\' gains per network: paired by seed (same subset, same initialisation), mean and '
                   '95 % t-interval, top-1 points; each seed\'s difference in brackets. Figure: '
                   '`benchmarks/results/cifar-ladder.png`.', '',
-              '| network | comparison | seeds | difference | per seed | paper (ResNet-34) |', '|---|---|---|---|---|---|']
+              '| network | comparison | seeds | difference | per seed | paper (ResNet-34) |',
+              '|---|---|---|---|---|---|']
     for model, by_pair in gains(rows).items():
         for (a, b), diffs in zip(GAINS, by_pair.values()):
             if diffs:
@@ -85,30 +86,24 @@ def plot_gains(rows: Sequence[Dict], path: str) -> bool:
     by_model = gains(rows)
     if not any(d for pairs in by_model.values() for d in pairs.values()):
         return False
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, axes = plt.subplots(1, len(GAINS), figsize=(4.6 * len(GAINS), 3.6), squeeze=False)
-    for ax, (a, b) in zip(axes[0], GAINS):
-        for model, pairs in by_model.items():
-            diffs, x = pairs[f'{a} − {b}'], LADDER_PARAMS[model]
-            if not diffs:
-                continue
-            mean, low, high = t_interval(diffs)
-            ax.errorbar(x, mean, yerr=[[mean - low], [high - mean]], fmt='o', color='tab:orange', capsize=4)
-            ax.plot([x * 1.08] * len(diffs), diffs, '.', color='tab:orange', alpha=0.5)
-            ax.annotate(model.replace('_cifar', ''), (x, mean), textcoords='offset points', xytext=(8, -3), fontsize=7)
-        ax.axhline(0, color='grey', linewidth=0.8)
-        ax.set_xscale('log')
-        ax.set_xlabel('parameters')
-        ax.set_ylabel(f'{a} − {b}, top-1 points')
-        ax.set_title(f'{SETTING}: {a} − {b}', fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with panel_row(len(GAINS), path) as axes:
+        if axes is None:
+            return False
+        for ax, (a, b) in zip(axes, GAINS):
+            for model, pairs in by_model.items():
+                diffs, x = pairs[f'{a} − {b}'], LADDER_PARAMS[model]
+                if not diffs:
+                    continue
+                mean, low, high = t_interval(diffs)
+                ax.errorbar(x, mean, yerr=[[mean - low], [high - mean]], fmt='o', color='tab:orange', capsize=4)
+                ax.plot([x * 1.08] * len(diffs), diffs, '.', color='tab:orange', alpha=0.5)
+                ax.annotate(model.replace('_cifar', ''), (x, mean), textcoords='offset points', xytext=(8, -3),
+                            fontsize=7)
+            ax.axhline(0, color='grey', linewidth=0.8)
+            ax.set_xscale('log')
+            ax.set_xlabel('parameters')
+            ax.set_ylabel(f'{a} − {b}, top-1 points')
+            ax.set_title(f'{SETTING}: {a} − {b}', fontsize=9)
     return True
 
 
@@ -118,28 +113,20 @@ def plot_curves(curves: Sequence[Dict], path: str) -> bool:
     models = [m for m in LADDER_PARAMS if any(c['model'] == m for c in curves)]
     if not models:
         return False
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     colours = dict(zip(BLOCKS[BLOCK].core, ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:grey')))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        runs = sorted({(c['method'], c['seed']) for c in curves if c['model'] == model})
-        for method, seed in runs:
-            points = sorted((c['epoch'], c['eval_top1']) for c in curves
-                            if (c['model'], c['method'], c['seed']) == (model, method, seed))
-            ax.plot(*zip(*points), color=colours.get(method, 'black'), alpha=0.7, linewidth=1,
-                    label=method if seed == min(s for m, s in runs if m == method) else None)
-        ax.axhline(CHANCE, color='grey', linewidth=0.8, linestyle=':')
-        ax.set_title(f'{model} ({LADDER_PARAMS[model] / 1e6:.2f} M)', fontsize=9)
-        ax.set_xlabel('epoch')
-        ax.set_ylabel('test top-1 %')
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with panel_row(len(models), path) as axes:
+        if axes is None:
+            return False
+        for ax, model in zip(axes, models):
+            runs = sorted({(c['method'], c['seed']) for c in curves if c['model'] == model})
+            for method, seed in runs:
+                points = sorted((c['epoch'], c['eval_top1']) for c in curves
+                                if (c['model'], c['method'], c['seed']) == (model, method, seed))
+                ax.plot(*zip(*points), color=colours.get(method, 'black'), alpha=0.7, linewidth=1,
+                        label=method if seed == min(s for m, s in runs if m == method) else None)
+            ax.axhline(CHANCE, color='grey', linewidth=0.8, linestyle=':')
+            ax.set_title(f'{model} ({LADDER_PARAMS[model] / 1e6:.2f} M)', fontsize=9)
+            ax.set_xlabel('epoch')
+            ax.set_ylabel('test top-1 %')
+            ax.legend(fontsize=7)
     return True
-

@@ -182,7 +182,8 @@ def main(argv=None) -> int:
     parser.add_argument('--allocators', action='store_true',
                         help='only the compiled whole step under each memory allocator (speed-allocator.md)')
     parser.add_argument('--ladder', nargs='*', default=None, metavar='MODEL',
-                        help='only the capacity ladder\'s networks (default: resnet20_cifar wrn16_4_cifar resnet34_cifar): '
+                        help='only the capacity ladder\'s networks (default: resnet20_cifar wrn16_4_cifar '
+                             'resnet34_cifar): '
                              'training step and test forward pass, speed-ladder.md')
     parser.add_argument('--child-whole-step', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--data-dir', default=os.path.join(ROOT, 'data'))
@@ -272,7 +273,8 @@ def ladder_tables(args, models: List[str], commit: str, device: str) -> Tuple[Li
         }
         for table, results in tables.items():
             for variant, (per_second, ratio) in results.items():
-                lines.append(f'| {name} | {params / 1e6:.2f} M | {table} | {variant} | {per_second:.1f} | {ratio:.2f} |')
+                lines.append(f'| {name} | {params / 1e6:.2f} M | {table} | {variant} | {per_second:.1f} '
+                             f'| {ratio:.2f} |')
                 rows.append({'table': f'{name} {table}', 'variant': variant, 'images_per_s': round(per_second, 2),
                              'ratio': round(ratio, 3)})
     return lines, rows

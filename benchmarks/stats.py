@@ -1,9 +1,10 @@
-"""What the benchmark suites share: mean +- std, paired differences with t-intervals, bar plots, the commit."""
+"""What the benchmark suites share: mean +- std, paired differences with t-intervals, figures, the commit."""
+import contextlib
 import math
 import os
 import statistics
 import subprocess
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (beyond 30, the normal's 1.96: at most 4 % narrow).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -40,33 +41,44 @@ def paired_diffs(by_seed: Mapping[tuple, float], a: str, b: str) -> list:
             if m == a and (b, s) in by_seed]
 
 
-def level_panels(panels: Dict[str, Dict[str, Sequence[float]]], path: str, xlabel: str = 'test top-1 %') -> bool:
-    """One panel per setting: every seed's value as a small dot, and the mean with a std error bar beside it
-    (IC methods in orange). Points, not bars: the axis starts near the lowest value, which a bar's length would
-    misstate. False without matplotlib."""
+@contextlib.contextmanager
+def panel_row(count: int, path: str, width: float = 4.6, height: float = 3.6) -> Iterator[Optional[list]]:
+    """A row of ``count`` matplotlib axes, the figure saved to ``path`` (PNG) when the block ends; None without
+    matplotlib (the caller draws nothing)."""
     try:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
-    for ax, (title, methods) in zip(axes[0], panels.items()):
-        names = [m for m, v in methods.items() if v]
-        for row, name in enumerate(names):
-            values = methods[name]
-            color = 'tab:orange' if name.startswith('IC') else 'tab:blue'
-            ax.errorbar(statistics.mean(values), row, xerr=statistics.stdev(values) if len(values) > 1 else 0.,
-                        fmt='o', color=color, markersize=8, capsize=4)
-            ax.plot(values, [row + 0.25] * len(values), '.', color=color, alpha=0.5)
-        ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.set_ylim(len(names) - 0.5, -0.5)
-        ax.grid(axis='x', alpha=0.3)
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
+        yield None
+        return
+    fig, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
+    yield list(axes[0])
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def level_panels(panels: Dict[str, Dict[str, Sequence[float]]], path: str, xlabel: str = 'test top-1 %') -> bool:
+    """One panel per setting: every seed's value as a small dot, and the mean with a std error bar beside it
+    (IC methods in orange). Points, not bars: the axis starts near the lowest value, which a bar's length would
+    misstate. False without matplotlib."""
+    with panel_row(len(panels), path, 4.2, 4) as axes:
+        if axes is None:
+            return False
+        for ax, (title, methods) in zip(axes, panels.items()):
+            names = [m for m, v in methods.items() if v]
+            for row, name in enumerate(names):
+                values = methods[name]
+                color = 'tab:orange' if name.startswith('IC') else 'tab:blue'
+                ax.errorbar(statistics.mean(values), row, xerr=statistics.stdev(values) if len(values) > 1 else 0.,
+                            fmt='o', color=color, markersize=8, capsize=4)
+                ax.plot(values, [row + 0.25] * len(values), '.', color=color, alpha=0.5)
+            ax.set_yticks(range(len(names)), names, fontsize=8)
+            ax.set_ylim(len(names) - 0.5, -0.5)
+            ax.grid(axis='x', alpha=0.3)
+            ax.set_title(title)
+            ax.set_xlabel(xlabel)
     return True
 
 

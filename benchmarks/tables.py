@@ -4,9 +4,9 @@ their rows: a headline table's comparisons, a levels table's methods; the surviv
     python benchmarks/tables.py README.md docs/cifar.md
 
 The blocks, each between its markers, with the CSV and recipe in the opening one:
-  <!-- headline: benchmarks/results/cifar.csv, recipe long --> | data | comparison | seeds | difference | paper |
-  <!-- levels: benchmarks/results/cifar.csv, recipe long -->   | data | method | seeds | top-1 | ECE | paper | published |
-  <!-- survival: benchmarks/results/cifar.csv -->              cifar_converged.survival of the CSV
+  <!-- headline: benchmarks/results/cifar.csv, recipe long -->  data | comparison | seeds | difference | paper
+  <!-- levels: benchmarks/results/cifar.csv, recipe long -->    data | method | seeds | top-1 | ECE | paper | published
+  <!-- survival: benchmarks/results/cifar.csv -->               cifar_converged.survival of the CSV
 tests/test_docs.py recomputes every row on its own; this writes them, so that a run landing changes a page by one
 command instead of by hand. Only the ResNet-20 blocks' rows count (the capacity ladder has its own tables).
 """

@@ -66,7 +66,8 @@ def test_main_skips_finished_runs(tmp_path, monkeypatch, capsys):
     done = [r for r in suite.plan(['B1'], seeds=1, extras=False)]
     for run in done[:5]:
         suite.append_row(str(out / 'cifar.csv'), dict(
-            block=run.block, setting=run.setting, model=run.model, method=run.method, seed=run.seed, recipe='cpu', epochs=10,
+            block=run.block, setting=run.setting, model=run.model, method=run.method, seed=run.seed, recipe='cpu',
+            epochs=10,
             commit='abc', device='cpu', top1=50.0, top5=90.0, ece=3.0, seconds=1.0))
     started = []
 
@@ -263,7 +264,8 @@ def test_the_figure_of_converged_levels_leaves_out_the_half_schedule_check():
     check = [r for r in rows if suite.is_schedule_check(r)]
     assert check, 'cifar.csv has the half-schedule check run'
     levels = cifar.level_data(rows, 'long')['LT-CIFAR-10 0.01']
-    full = [r['top1'] for r in rows if (r['recipe'], r['block'], r['method'], r['epochs']) == ('long', 'L1', 'IC-Mixup', 200)]
+    full = [r['top1'] for r in rows
+            if (r['recipe'], r['block'], r['method'], r['epochs']) == ('long', 'L1', 'IC-Mixup', 200)]
     assert sorted(levels['IC-Mixup']) == sorted(full) and check[0]['top1'] not in levels['IC-Mixup']
 
 
@@ -322,7 +324,8 @@ def test_ladder_report(tmp_path):
     # ResNet-20: diffs 1, 0, 2 -> mean 1, sd 1, t(2) 4.303 / sqrt 3 -> +-2.48
     assert '| resnet20_cifar | IC-Mixup − Mixup | 3 | +1.00 [-1.48, +3.48] | +1.00, +0.00, +2.00 | +1.40 |' in text
     assert '| resnet34_cifar | IC-Mixup − Mixup | 3 | +4.00 [+4.00, +4.00] |' in text
-    assert '| resnet34_cifar | IC-RegMixup − RegMixup | 3 | +2.00 [-0.48, +4.48] | +2.00, +3.00, +1.00 | +2.37 |' in text
+    assert ('| resnet34_cifar | IC-RegMixup − RegMixup | 3 | +2.00 [-0.48, +4.48] | +2.00, +3.00, +1.00 | +2.37 |'
+            in text)
     assert 'resnet20_cifar | IC-RegMixup' not in text  # no RegMixup runs on that network
     assert 'resnet34_cifar Mixup seed 1 (10.3 % at epoch 40)' in text and text.count('% at epoch') == 1
     assert (out / 'cifar-ladder.png').exists() and (out / 'cifar-ladder-curves.png').exists()
@@ -352,7 +355,8 @@ def test_merge_takes_a_pinned_clones_rows_once(tmp_path, capsys):
     assert cifar.main(argv) == 0 and '1 rows added' in capsys.readouterr().out
     assert cifar.main(argv) == 0 and '0 rows added' in capsys.readouterr().out
     back = suite.read_rows(str(out / 'cifar.csv'))
-    assert [(r['model'], r['seed'], r['top1']) for r in back] == [('resnet20_cifar', 0, 75.0), ('resnet20_cifar', 1, 76.0)]
+    assert [(r['model'], r['seed'], r['top1']) for r in back] == [('resnet20_cifar', 0, 75.0),
+                                                                  ('resnet20_cifar', 1, 76.0)]
     with pytest.raises(SystemExit) as exit_:
         cifar.main(['--merge', str(tmp_path / 'none.csv'), '--out', str(out)])
     assert exit_.value.code == 2 and 'none.csv: no such file' in capsys.readouterr().err
@@ -366,10 +370,12 @@ def test_tables_refresh_a_pages_numbers_and_keep_its_rows(tmp_path, capsys):
     for row in long_rows('LT-CIFAR-10 0.01', 'L1', {'Mixup': [70.0, 72.0, 71.0], 'IC-Mixup': [74.0, 75.0, 74.5]}):
         suite.append_row(str(path), row)
     page = tmp_path / 'page.md'
-    page.write_text(f'text\n<!-- headline: {path}, recipe long -->\n| data | comparison | seeds | difference | paper |\n'
-                    '|---|---|---|---|---|\n| LT-CIFAR-10 0.01 | IC-Mixup − Mixup | 2 | +9.99 | - |\n<!-- /headline -->\n'
-                    f'<!-- levels: {path}, recipe long -->\n| data | method | seeds | top-1 | ECE | paper | published |\n'
-                    '|---|---|---|---|---|---|---|\n| LT-CIFAR-10 0.01 | Mixup | 1 | 1 | 1 | 1 | 1 |\n<!-- /levels -->\nend\n')
+    page.write_text(f'text\n<!-- headline: {path}, recipe long -->\n'
+                    '| data | comparison | seeds | difference | paper |\n|---|---|---|---|---|\n'
+                    '| LT-CIFAR-10 0.01 | IC-Mixup − Mixup | 2 | +9.99 | - |\n<!-- /headline -->\n'
+                    f'<!-- levels: {path}, recipe long -->\n'
+                    '| data | method | seeds | top-1 | ECE | paper | published |\n|---|---|---|---|---|---|---|\n'
+                    '| LT-CIFAR-10 0.01 | Mixup | 1 | 1 | 1 | 1 | 1 |\n<!-- /levels -->\nend\n')
     assert tables.main([str(page)]) == 0 and 'tables refreshed' in capsys.readouterr().out
     text = page.read_text()
     assert '| LT-CIFAR-10 0.01 | IC-Mixup − Mixup | 3 | +3.50 [+2.26, +4.74] | +3.99 |' in text

@@ -285,8 +285,8 @@ def test_keep_last_batch(fashion_mnist_dir, keep, sizes):
     """timm's training loader drops the last partial batch; --keep-last-batch trains on it, as the paper's code
     (torch's DataLoader default) does: 100 images at batch 32 are 4 steps an epoch, not 3."""
     from timm.data import resolve_data_config
-    args, _ = train_icm.cli.parse_args(FMNIST + ['--data-dir', fashion_mnist_dir, '--train-samples-per-class', '10',
-                                                 '-b', '32', '--no-prefetcher'] + (['--keep-last-batch'] if keep else []))
+    flags = ['--data-dir', fashion_mnist_dir, '--train-samples-per-class', '10', '-b', '32', '--no-prefetcher']
+    args, _ = train_icm.cli.parse_args(FMNIST + flags + (['--keep-last-batch'] if keep else []))
     args.prefetcher, args.distributed, args.world_size = False, False, 1
     model = train_icm.build_model(args)
     train, evaluation, _ = train_icm.build_datasets(args)
