@@ -101,7 +101,7 @@ BLOCKS = {
     'L3': Block(('LT-CIFAR-100 0.01',), ('ERM', 'Mixup', 'IC-Mixup', 'LA'), (), last=True),
     # The capacity ladder (Table 2 left's rows with the long recipe on three networks): each network's Mixup pair,
     # then its RegMixup pair, then ERM. The test set every 20 epochs: a forward pass over its 10,000 images costs
-    # ResNet-34 several of its 500-image training epochs.
+    # ResNet-34 about six of its 500-image training epochs (benchmarks/results/speed-ladder.md).
     'C1': Block(('CIFAR-10 50 per class',), ('Mixup', 'IC-Mixup', 'RegMixup', 'IC-RegMixup', 'ERM'), (),
                 models=LADDER, groups=(('Mixup', 'IC-Mixup'), ('RegMixup', 'IC-RegMixup'), ('ERM',)), val_interval=20),
 }
